@@ -1,0 +1,3 @@
+from iglubuild.cli import main
+
+raise SystemExit(main())

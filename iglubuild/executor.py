@@ -1,0 +1,77 @@
+"""Where a build phase runs: the one small interface behind host, chroot and docker.
+
+The scheduler and the build stage only ever see `Executor`. An executor turns
+"run this shell script with this environment in this folder" into a process,
+possibly inside a sandbox described as data (a list of `Mount` operations
+that can describe themselves, printed with --debug).
+
+Paths are the same inside and outside the sandbox: sandboxes bind-mount the
+work folder, sysroot and pkgdir at their host paths, so the phase environment
+(srcdir, pkgdir, CFLAGS with --sysroot=...) is identical for every executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount operation of a sandbox, as data."""
+
+    kind: str  # "bind", "tmpfs", "proc", "dev", "overlay"
+    target: Path
+    source: Path | None = None
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        ro = " (ro)" if self.readonly else ""
+        src = f"{self.source} -> " if self.source else ""
+        opts = f" [{','.join(self.options)}]" if self.options else ""
+        return f"{self.kind}: {src}{self.target}{ro}{opts}"
+
+
+@dataclass(frozen=True)
+class PhaseJob:
+    """One phase of one package, ready to run.
+
+    `script` is run as `sh -e -c script` in `cwd` with exactly `env`.
+    `writable` are host folders the phase may write (work folder, pkgdir);
+    `readonly` are host folders it may read (sysroot, toolchain files).
+    """
+
+    package: str
+    phase: str
+    script: str
+    cwd: Path
+    env: dict[str, str]
+    writable: tuple[Path, ...] = ()
+    readonly: tuple[Path, ...] = ()
+    network: bool = False  # builds have no network; only tests may flip this
+    extra_mounts: tuple[Mount, ...] = field(default=())
+
+
+class Executor(Protocol):
+    """Runs phases. Implementations: host (default), chroot, docker."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise a one-line IglubuildError if this executor cannot run here (root, tools)."""
+
+    def toolchain_id(self) -> str:
+        """Identity of the compilers and tools phases see; enters every input signature."""
+
+    def run_phase(self, job: PhaseJob, log: IO[bytes]) -> int:
+        """Run the phase, its output (stdout and stderr) appended to `log`.
+
+        Returns the exit status (negative for a signal, as subprocess does).
+        Must run the phase in its own process group / namespace so that
+        `terminate()` (or a SIGINT to iglubuild) stops everything it started.
+        """
+
+    def terminate(self) -> None:
+        """Stop every phase still running (used on Ctrl-C and on failure)."""
