@@ -1,0 +1,204 @@
+"""PID 1 of a chroot sandbox: perform the mounts, start the phase, reap, exit.
+
+This file runs as a plain script (``python3 -I -S _nsinit.py SPEC.json``)
+under util-linux ``unshare --mount --pid [--net] --fork --kill-child``, so it
+is the first process of fresh mount, PID and network namespaces. It imports
+nothing from iglubuild: it starts before any chroot and must be quick.
+
+Why a PID 1 of our own instead of exec'ing the shell: PID 1 ignores signals it
+has no handler for and must reap orphans. Keeping this small init as PID 1
+means the phase's shell behaves normally, every orphan is reaped, and when
+this process exits the kernel kills everything left in the namespace; the
+mount namespace (and with it every mount below) disappears with its last
+process, even after ``kill -9``.
+
+The SPEC is the sandbox as data, written by iglubuild.chroot:
+``{"root": ..., "mounts": [{kind, target, source, readonly, options}], "argv": [...],
+"cwd": ..., "env": {...}, "loopback": bool}``. Mount targets are paths inside the
+new root.
+"""
+
+import ctypes
+import ctypes.util
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p)
+
+
+def fail(message):
+    sys.stderr.write(f"iglubuild sandbox: {message}\n")
+    sys.stderr.flush()
+    os._exit(125)
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    rc = _libc.mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        fail(f"mount {fstype or 'bind'} {source or ''} on {target}: {os.strerror(err)}")
+
+
+def ensure_dir(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def ensure_file(path):
+    ensure_dir(os.path.dirname(path))
+    if not os.path.exists(path):
+        with open(path, "a"):
+            pass
+
+
+def bind(source, target, readonly):
+    if os.path.isdir(source):
+        ensure_dir(target)
+    else:
+        ensure_file(target)
+    mount(source, target, None, MS_BIND | MS_REC)
+    if readonly:
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def do_mount(root, m):
+    kind = m["kind"]
+    # Targets are paths inside the new root; the root mount itself targets "/".
+    target = os.path.join(root, m["target"].lstrip("/")) if kind != "overlay" else root
+    opts = ",".join(m.get("options") or ())
+    if kind == "overlay":
+        ensure_dir(target)
+        mount("overlay", target, "overlay", 0, opts)
+    elif kind == "bind":
+        bind(m["source"], target, m.get("readonly", False))
+    elif kind == "tmpfs":
+        ensure_dir(target)
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, opts or "mode=1777")
+    elif kind == "proc":
+        ensure_dir(target)
+        mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    elif kind == "dev":
+        # A minimal /dev: a tmpfs holding bind mounts of a few host device
+        # nodes (binding works where mknod may not) and the usual symlinks.
+        ensure_dir(target)
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755")
+        for name in DEV_NODES:
+            host = "/dev/" + name
+            if os.path.exists(host):
+                ensure_file(os.path.join(target, name))
+                mount(host, os.path.join(target, name), None, MS_BIND)
+        for name, dest in DEV_LINKS.items():
+            os.symlink(dest, os.path.join(target, name))
+        for sub in ("pts", "shm"):
+            ensure_dir(os.path.join(target, sub))
+        mount("tmpfs", os.path.join(target, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=620")
+    else:
+        fail(f"unknown mount kind {kind!r}")
+    if kind == "overlay" and m.get("readonly"):
+        mount(None, target, None, MS_REMOUNT | MS_RDONLY)
+
+
+def loopback_up():
+    # SIOCGIFFLAGS / SIOCSIFFLAGS on "lo": a fresh network namespace has only
+    # a loopback interface, and it starts down.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, 0x8913, req))[1]
+        fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
+    finally:
+        sock.close()
+
+
+def main():
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    root = spec["root"]
+    # unshare already made "/" private; say it again in case it was run without.
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for m in spec["mounts"]:
+        do_mount(root, m)
+    if spec.get("loopback"):
+        loopback_up()
+
+    child = os.fork()
+    if child == 0:
+        try:
+            os.chroot(root)
+            os.chdir(spec.get("cwd") or "/")
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_DFL)
+            os.execve(spec["argv"][0], spec["argv"], spec["env"])
+        except OSError as exc:
+            sys.stderr.write(f"iglubuild sandbox: {spec['argv'][0]}: {exc}\n")
+            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+    def forward(signum, _frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    # An interactive shell stops on terminal signals in its own job control;
+    # PID 1 must not be stopped by them.
+    for sig in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+
+    status = None
+    while True:
+        try:
+            pid, wstatus = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == child:
+            status = wstatus
+            break
+    # Leaving now kills every process left in the PID namespace.
+    if status is None:
+        os._exit(125)
+    if os.WIFSIGNALED(status):
+        # Report a signal the way a shell does; unshare turns our own death
+        # by signal into the same convention, but a kill of PID 1 by itself
+        # is not allowed, so exit 128+N.
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status))
+
+
+if __name__ == "__main__":
+    main()

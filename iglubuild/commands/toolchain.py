@@ -1,0 +1,121 @@
+"""`iglubuild toolchain ACTION`: make, inspect and export the build root.
+
+Sub-actions are a table (name -> help, add_arguments, run) so another stage
+can add one (e.g. `image` for the toolchain container image) by adding an
+entry to ACTIONS without touching the dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from iglubuild import buildroot
+from iglubuild.errors import UsageError
+from iglubuild.settings import Settings
+from iglubuild.settings import add_arguments as add_global_arguments
+
+NAME = "toolchain"
+HELP = "build, inspect or export the build root (toolchain)"
+
+
+@dataclass(frozen=True)
+class Action:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Settings, argparse.Namespace], int]
+
+
+def _manifest(settings: Settings, args: argparse.Namespace) -> buildroot.Manifest:
+    return buildroot.load_manifest(buildroot.manifest_path(settings, args.manifest))
+
+
+def _no_args(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _build_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="make it again even if a root for this manifest exists")
+
+
+def _build(settings: Settings, args: argparse.Namespace) -> int:
+    manifest = _manifest(settings, args)
+    logs = settings.logs_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "toolchain.log"
+    start = time.monotonic()
+    existing = None if args.force else buildroot.find_root(settings.build_dir, manifest)
+    if existing is not None:
+        print(f"build root {existing.id} is up to date: {existing.path}")
+        return 0
+    print(f"making the build root from {manifest.path} (log: {log_path})", flush=True)
+    with open(log_path, "wb") as log_file:
+        root, _made = buildroot.create(settings.build_dir, manifest, log_file, force=args.force)
+    print(f"build root {root.id} made in {time.monotonic() - start:.0f} s: {root.path}")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    manifest = _manifest(settings, args)
+    roots = buildroot.list_roots(settings.build_dir)
+    if not roots:
+        print(f"no build root in {buildroot.toolchain_dir(settings.build_dir)}"
+              " (run: iglubuild toolchain build)")
+        return 1
+    current = False
+    for root in roots:
+        match = root.manifest_digest == manifest.digest
+        current = current or match
+        size = buildroot.size_bytes(root.path) / (1 << 20)
+        state = "matches the manifest" if match else "does not match the manifest"
+        print(f"{root.id}  {size:8.1f} MiB  {len(root.packages)} packages  {state}  {root.path}")
+    if not current:
+        print("no build root matches the manifest (run: iglubuild toolchain build)")
+    return 0 if current else 1
+
+
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, metavar="FILE",
+                        help="tarball to write (.tar, .tar.gz, .tar.xz or .tar.zst)")
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    root = buildroot.current_root(settings, args.manifest)
+    dest = buildroot.export(root, args.file)
+    print(f"build root {root.id} written to {dest}")
+    return 0
+
+
+ACTIONS: dict[str, Action] = {
+    "build": Action("make the build root with debootstrap (no-op when up to date)",
+                    _build_args, _build),
+    "status": Action("show the build roots, their size and whether they match the manifest",
+                     _no_args, _status),
+    "export": Action("write the build root as a tarball (for the Docker image)",
+                     _export_args, _export),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path, default=None, metavar="FILE",
+                        help="build root manifest (toolchain/buildroot.toml)")
+    sub = parser.add_subparsers(dest="toolchain_action", metavar="ACTION",
+                                parser_class=type(parser))
+    for name, action in ACTIONS.items():
+        p = sub.add_parser(name, help=action.help, description=action.help)
+        add_global_arguments(p)  # global options may also follow the action
+        action.add_arguments(p)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    name = getattr(args, "toolchain_action", None)
+    if name is None:
+        raise UsageError("toolchain needs an action",
+                         hint="one of: " + ", ".join(ACTIONS))
+    sys.stdout.flush()
+    return ACTIONS[name].run(settings, args)
