@@ -250,7 +250,8 @@ class ChrootExecutor:
         if self._stopping:
             return -signal.SIGTERM
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{job.package}-{job.phase}-",
+        self._remove_stale_scratch()
+        scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.package}-{job.phase}-",
                                         dir=self.scratch_dir))
         try:
             for sub in ("upper", "work", "root"):
@@ -282,6 +283,14 @@ class ChrootExecutor:
             return rc
         finally:
             remove_scratch(scratch)
+
+    def _remove_stale_scratch(self) -> None:
+        # A scratch folder whose iglubuild process is gone was left by a crash
+        # or a kill -9 (its mounts died with the namespace; only files remain).
+        for entry in self.scratch_dir.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+                remove_scratch(entry)
 
     def terminate(self) -> None:
         """Stop every running phase: killing unshare makes it kill PID 1, and so the namespace."""

@@ -1,0 +1,248 @@
+"""The chroot executor with a real build root: compiles, isolation, cleanup after every end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
+
+from iglubuild.buildroot import BuildRoot
+from iglubuild.chroot import ChrootExecutor, phase_mounts
+from iglubuild.executor import Mount, PhaseJob
+from iglubuild.run import base_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+
+@pytest.fixture
+def executor(build_root: BuildRoot, tmp_path: Path) -> ChrootExecutor:
+    return ChrootExecutor(build_root.path, build_root.id, tmp_path / "scratch")
+
+
+def _job(work: Path, script: str, **kw: object) -> PhaseJob:
+    return PhaseJob(package="t", phase="build", script=script, cwd=work, env=base_env(),
+                    writable=(work,), **kw)  # type: ignore[arg-type]
+
+
+def _run(ex: ChrootExecutor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
+    log = tmp_path / "phase.log"
+    with open(log, "wb") as fh:
+        rc = ex.run_phase(job, fh)
+    return rc, log.read_text(errors="replace")
+
+
+def test_musl_hello_compiled_in_chroot_runs_on_host(
+    executor: ChrootExecutor, musl_sysroot: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hello.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("hello from musl"); return 0; }\n')
+    script = (
+        f'F="{MUSL_FLAGS} --sysroot={musl_sysroot}"\n'
+        "clang $F -o hello hello.c\n"
+        "clang $F -static -o hello-static hello.c\n"
+        # Prove where it ran: the build root's record, absent on the host.
+        "cat /etc/iglubuild-toolchain.json > where.txt || echo none > where.txt\n"
+    )
+    job = PhaseJob("hello", "build", script, work, base_env(), writable=(work,),
+                   readonly=(musl_sysroot,))
+    rc, out = _run(executor, job, tmp_path)
+    assert rc == 0, out
+    static = subprocess.run([work / "hello-static"], capture_output=True, text=True)
+    assert static.stdout == "hello from musl\n"
+    dynamic = subprocess.run([musl_sysroot / "usr/lib/libc.so", work / "hello"],
+                             capture_output=True, text=True)
+    assert dynamic.stdout == "hello from musl\n"
+    info = subprocess.run(["file", work / "hello"], capture_output=True, text=True).stdout
+    assert "interpreter /lib/ld-musl-x86_64.so.1" in info
+    if executor.toolchain_id() != "external":
+        assert executor.toolchain_id() in (work / "where.txt").read_text()
+
+
+def test_sysroot_is_read_only_inside(
+    executor: ChrootExecutor, musl_sysroot: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    job = PhaseJob("t", "build", f"touch {musl_sysroot}/usr/lib/evil", work, base_env(),
+                   writable=(work,), readonly=(musl_sysroot,))
+    rc, out = _run(executor, job, tmp_path)
+    assert rc != 0
+    assert "Read-only file system" in out
+    assert not (musl_sysroot / "usr/lib/evil").exists()
+
+
+class _Server:
+    """A real TCP server on the host's 127.0.0.1 that records what it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(100))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_phase_cannot_reach_host_server(executor: ChrootExecutor, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    server = _Server()
+    try:
+        script = f"bash -c 'echo hello-server > /dev/tcp/127.0.0.1/{server.port}'"
+        rc, out = _run(executor, _job(work, script), tmp_path)
+        assert rc != 0
+        assert "Connection refused" in out or "unreachable" in out
+        time.sleep(0.3)
+        assert server.received == []
+        # The same phase with the network left on reaches it: the test can fail.
+        rc, out = _run(executor, _job(work, script, network=True), tmp_path)
+        assert rc == 0, out
+        deadline = time.monotonic() + 5
+        while not server.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.received == [b"hello-server\n"]
+    finally:
+        server.close()
+
+
+def test_loopback_inside_works(executor: ChrootExecutor, tmp_path: Path) -> None:
+    # Servers a test suite starts inside the build must still work on lo.
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "lo.pl").write_text(
+        "use IO::Socket::INET;\n"
+        '$s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:7777") or die "$!";\n'
+        "if (fork) { $c = $s->accept; print $c->getline; wait }\n"
+        'else { $k = IO::Socket::INET->new("127.0.0.1:7777") or die "$!"; print $k "over lo\\n" }\n'
+    )
+    script = "perl lo.pl"
+    rc, out = _run(executor, _job(work, script), tmp_path)
+    assert rc == 0, out
+    assert "over lo" in out
+
+
+def test_pid_namespace_and_no_leftover_processes(
+    executor: ChrootExecutor, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = f"sleep 1234.{os.getpid()}"
+    script = f"cat /proc/1/cmdline | tr '\\0' ' '; echo; ({marker} &) ; echo started"
+    rc, out = _run(executor, _job(work, script), tmp_path)
+    assert rc == 0, out
+    assert "_nsinit.py" in out  # PID 1 is our init, not the host's
+    time.sleep(0.2)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in ps
+
+
+def test_mounts_are_data() -> None:
+    mounts = phase_mounts(Path("/r"), Path("/s"), [Path("/w/pkg/pkgdir"), Path("/w/pkg")],
+                          [Path("/sys/root")], [Mount("bind", Path("/x"), Path("/y"))])
+    kinds = [m.kind for m in mounts]
+    assert kinds[:4] == ["overlay", "proc", "dev", "tmpfs"]
+    binds = [m.target for m in mounts[4:]]
+    assert binds.index(Path("/w/pkg")) < binds.index(Path("/w/pkg/pkgdir"))
+    assert "lowerdir=/r" in mounts[0].describe()
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from iglubuild.chroot import ChrootExecutor
+from iglubuild.executor import PhaseJob
+from iglubuild.run import base_env
+root, scratch, work, script = sys.argv[1:5]
+ex = ChrootExecutor(Path(root), "t", Path(scratch))
+job = PhaseJob("t", "build", script, Path(work), base_env(), writable=(Path(work),))
+try:
+    with open(Path(work) / "phase.log", "wb") as log:
+        rc = ex.run_phase(job, log)
+except KeyboardInterrupt:
+    ex.terminate()
+    sys.exit(130)
+sys.exit(rc)
+"""
+
+# Tries to change the build root every way it can, then ends as the case says.
+VANDAL = (
+    "touch /usr/bin/evil; rm -f /bin/ls; echo x >> /etc/passwd; chmod 777 /etc; "
+    "mkdir -p /opt/x; mount -t tmpfs none /opt/x; "
+    "(sleep 1000 &); touch started; "
+)
+
+
+@pytest.fixture(scope="module")
+def root_before(build_root: BuildRoot) -> dict[str, tuple[int, int, str]]:
+    return tree_manifest(build_root.path)
+
+
+@pytest.mark.parametrize("end", ["success", "failure", "sigint", "kill9"])
+def test_root_and_mount_table_unchanged(
+    end: str, build_root: BuildRoot, root_before: dict[str, tuple[int, int, str]],
+    tmp_path: Path,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    mounts_before = host_mounts()
+    tail = {"success": "exit 0", "failure": "exit 3"}.get(end, "sleep 600")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(build_root.path), str(tmp_path / "scratch"),
+         str(work), VANDAL + tail],
+        env=env, start_new_session=True,
+    )
+    if end in ("sigint", "kill9"):
+        deadline = time.monotonic() + 30
+        while not (work / "started").exists():
+            assert proc.poll() is None, (work / "phase.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Like Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        if end == "sigint":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+    rc = proc.wait(timeout=60)
+    expected = {"success": 0, "failure": 3, "sigint": 130, "kill9": -9}[end]
+    assert rc == expected, (work / "phase.log").read_text()
+    assert (work / "started").exists()  # the vandal really ran
+    # The sandbox dies with its parent even after kill -9: give the kernel a moment.
+    deadline = time.monotonic() + 10
+    while "sleep 1000" in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                         text=True).stdout:
+        assert time.monotonic() < deadline, "a process of the phase outlived it"
+        time.sleep(0.1)
+    assert host_mounts() == mounts_before
+    assert tree_manifest(build_root.path) == root_before
