@@ -77,10 +77,16 @@ def tree_manifest(root: Path) -> dict[str, tuple[int, int, str]]:
     return entries
 
 
-def host_mounts() -> list[str]:
-    """The host's mount table, without the mount ids (which never repeat)."""
+def host_mounts(*paths: Path) -> list[str]:
+    """The host's mount table (without mount ids), limited to mounts naming `paths`.
+
+    Other programs on the machine (a Docker engine, say) mount and unmount
+    while tests run, so only mounts that mention our folders are compared.
+    """
+    wanted = [str(p) for p in paths]
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        return sorted(" ".join(line.split()[2:]) for line in fh)
+        lines = [" ".join(line.split()[2:]) for line in fh]
+    return sorted(line for line in lines if not wanted or any(w in line for w in wanted))
 
 
 @pytest.fixture(scope="session")

@@ -203,6 +203,11 @@ VANDAL = (
 )
 
 
+def _system(mounts: list[str]) -> list[str]:
+    points = {"/", "/proc", "/dev", "/sys", "/dev/pts", "/dev/shm", "/tmp"}
+    return [m for m in mounts if m.split()[2] in points]
+
+
 @pytest.fixture(scope="module")
 def root_before(build_root: BuildRoot) -> dict[str, tuple[int, int, str]]:
     return tree_manifest(build_root.path)
@@ -216,6 +221,7 @@ def test_root_and_mount_table_unchanged(
     work = tmp_path / "work"
     work.mkdir()
     mounts_before = host_mounts()
+    assert host_mounts(tmp_path, build_root.path) == []
     tail = {"success": "exit 0", "failure": "exit 3"}.get(end, "sleep 600")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT)}
     proc = subprocess.Popen(
@@ -229,6 +235,8 @@ def test_root_and_mount_table_unchanged(
             assert proc.poll() is None, (work / "phase.log").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # While the phase runs its mounts exist only in its own namespace.
+        assert host_mounts(tmp_path, build_root.path) == []
         # Like Ctrl-C in a terminal: SIGINT to the whole foreground process group.
         if end == "sigint":
             os.killpg(proc.pid, signal.SIGINT)
@@ -244,5 +252,7 @@ def test_root_and_mount_table_unchanged(
                                          text=True).stdout:
         assert time.monotonic() < deadline, "a process of the phase outlived it"
         time.sleep(0.1)
-    assert host_mounts() == mounts_before
+    assert host_mounts(tmp_path, build_root.path) == []
+    # The host's own mounts (/, /proc, /dev ...) are all still there, unchanged.
+    assert _system(host_mounts()) == _system(mounts_before)
     assert tree_manifest(build_root.path) == root_before
