@@ -30,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build root manifest (toolchain/buildroot.toml)")
 
 
-def package_folders(settings: Settings, name: str) -> tuple[list[Path], list[Path]]:
-    """(writable, readonly) host folders of NAME that exist in the build directory."""
+def package_folders(settings: Settings, name: str) -> tuple[Path | None, Path | None]:
+    """(work folder, sysroot) of NAME in the build directory, None where absent.
+
+    The build stage keeps a failed package's work folder at <build-dir>/work/NAME
+    with its sysroot (the declared dependencies) at work/NAME/sysroot and the
+    compiler wrappers pinning that sysroot in work/NAME/bin.
+    """
     work = settings.work_dir / name
-    candidates_rw = [work]
-    candidates_ro = [settings.build_dir / "sysroot" / name, work / "sysroot"]
-    rw = [p.resolve() for p in candidates_rw if p.is_dir()]
-    ro = [p.resolve() for p in candidates_ro if p.is_dir() and not any(
-        p.resolve().is_relative_to(w) for w in rw)]
-    return rw, ro
+    sysroot = work / "sysroot"
+    return (work.resolve() if work.is_dir() else None,
+            sysroot.resolve() if sysroot.is_dir() else None)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,20 +48,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("iglubuild chroot needs a terminal on standard input",
                          hint="run it from an interactive shell")
     executor = ChrootExecutor.from_settings(settings, args.manifest)
-    writable: list[Path] = []
-    readonly: list[Path] = []
     cwd = Path("/root")
+    env = base_env({"TERM": os.environ.get("TERM", "xterm")})
+    writable: tuple[Path, ...] = ()
     if args.name:
-        writable, readonly = package_folders(settings, args.name)
-        if not writable and not readonly:
-            raise UsageError(f"no work folder or sysroot for {args.name} in {settings.build_dir}",
+        work, sysroot = package_folders(settings, args.name)
+        if work is None:
+            raise UsageError(f"no work folder for {args.name} in {settings.work_dir}",
                              hint="build it first (a failed build keeps its work folder)")
-        cwd = writable[0] if writable else readonly[0]
-    env = base_env({"TERM": os.environ.get("TERM", "xterm"), "PS1": r"(iglubuild) \w # "})
-    if readonly:
-        env["SYSROOT"] = str(readonly[0])
+        writable = (work,)
+        cwd = work / "src" if (work / "src").is_dir() else work
+        if sysroot is not None:
+            env["SYSROOT"] = str(sysroot)
+        if (work / "bin").is_dir():
+            env["PATH"] = f"{work / 'bin'}:{env['PATH']}"
     job = PhaseJob(package=args.name or "shell", phase="chroot", script="", cwd=cwd,
-                   env=env, writable=tuple(writable), readonly=tuple(readonly))
-    for p in writable + readonly:
-        print(f"mounted: {p}")
+                   env=env, writable=writable)
+    for p in writable:
+        print(f"mounted at its own path: {p}")
     return executor.interactive(job)
