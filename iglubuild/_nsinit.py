@@ -1,6 +1,6 @@
 """PID 1 of a chroot sandbox: perform the mounts, start the phase, reap, exit.
 
-This file runs as a plain script (``python3 -I -S _nsinit.py SPEC.json``)
+This file runs as a plain script (``python3 -I -S _nsinit.py SPEC``)
 under util-linux ``unshare --mount --pid [--net] --fork --kill-child``, so it
 is the first process of fresh mount, PID and network namespaces. It imports
 nothing from iglubuild: it starts before any chroot and must be quick.
@@ -12,19 +12,21 @@ this process exits the kernel kills everything left in the namespace; the
 mount namespace (and with it every mount below) disappears with its last
 process, even after ``kill -9``.
 
-The SPEC is the sandbox as data, written by iglubuild.chroot:
+The SPEC is the sandbox as data, written by iglubuild.chroot with marshal
+(same interpreter on both sides, and no import cost):
 ``{"root": ..., "mounts": [{kind, target, source, readonly, options}], "argv": [...],
 "cwd": ..., "env": {...}, "loopback": bool}``. Mount targets are paths inside the
 new root.
 """
 
+# Only modules that are cheap to import: this runs once per phase, and the
+# pure-Python json, socket and signal modules (enum, re) cost tens of ms.
+import _signal as signal
+import _socket
 import ctypes
-import ctypes.util
 import fcntl
-import json
+import marshal
 import os
-import signal
-import socket
 import struct
 import sys
 
@@ -46,7 +48,9 @@ DEV_LINKS = {
     "ptmx": "pts/ptmx",
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter itself links libc: no ctypes.util.find_library, which runs
+# ldconfig and costs a tenth of a second per phase.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                         ctypes.c_ulong, ctypes.c_char_p)
 
@@ -133,18 +137,18 @@ def do_mount(root, m):
 def loopback_up():
     # SIOCGIFFLAGS / SIOCSIFFLAGS on "lo": a fresh network namespace has only
     # a loopback interface, and it starts down.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         req = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, 0x8913, req))[1]
-        fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
     finally:
         sock.close()
 
 
 def main():
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        spec = json.load(fh)
+    with open(sys.argv[1], "rb") as fh:
+        spec = marshal.load(fh)
     root = spec["root"]
     # unshare already made "/" private; say it again in case it was run without.
     mount(None, "/", None, MS_REC | MS_PRIVATE)

@@ -195,7 +195,7 @@ def installed_packages(root: Path) -> dict[str, str]:
 
 def _in_root(root: Path, argv: list[str], log_file: IO[bytes] | None, scratch: Path) -> None:
     """Run a command chrooted in `root` (writable, with network) with /proc, /dev and /tmp."""
-    spec = scratch / "spec.json"
+    spec = scratch / "spec"
     env = base_env({"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"})
     write_spec(spec, root, base_mounts(), argv, Path("/"), env, network=True)
     cmd = sandbox_argv(spec, network=True)
