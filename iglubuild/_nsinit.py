@@ -39,7 +39,6 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {
     "fd": "/proc/self/fd",
     "stdin": "/proc/self/fd/0",
@@ -116,7 +115,8 @@ def do_mount(root, m):
         # nodes (binding works where mknod may not) and the usual symlinks.
         ensure_dir(target)
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755")
-        for name in DEV_NODES:
+        nodes = [o for o in m.get("options") or () if o != "host-pts"]
+        for name in nodes:
             host = "/dev/" + name
             if os.path.exists(host):
                 ensure_file(os.path.join(target, name))
@@ -126,8 +126,13 @@ def do_mount(root, m):
         for sub in ("pts", "shm"):
             ensure_dir(os.path.join(target, sub))
         mount("tmpfs", os.path.join(target, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-        mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=620")
+        if "host-pts" in (m.get("options") or ()):
+            # An interactive shell: its terminal is one of the host's ptys, so
+            # the host's devpts must be visible for tty(1) and job control.
+            mount("/dev/pts", os.path.join(target, "pts"), None, MS_BIND | MS_REC)
+        else:
+            mount("devpts", os.path.join(target, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=620")
     else:
         fail(f"unknown mount kind {kind!r}")
     if kind == "overlay" and m.get("readonly"):

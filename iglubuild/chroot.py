@@ -69,11 +69,19 @@ def _overlay_safe(path: Path) -> None:
         )
 
 
-def base_mounts() -> list[Mount]:
-    """What every sandbox has above its root: /proc, a minimal /dev, a tmpfs /tmp."""
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def base_mounts(host_pts: bool = False) -> list[Mount]:
+    """What every sandbox has above its root: /proc, a minimal /dev, a tmpfs /tmp.
+
+    `host_pts` shows the host's /dev/pts (for an interactive shell on a host
+    terminal) instead of a private devpts instance.
+    """
+    dev_opts = DEV_NODES + (("host-pts",) if host_pts else ())
     return [
         Mount("proc", Path("/proc")),
-        Mount("dev", Path("/dev"), options=("null", "zero", "full", "random", "urandom", "tty")),
+        Mount("dev", Path("/dev"), options=dev_opts),
         Mount("tmpfs", Path("/tmp"), options=("mode=1777",)),
     ]
 
@@ -84,6 +92,7 @@ def phase_mounts(
     writable: Iterable[Path] = (),
     readonly: Iterable[Path] = (),
     extra: Iterable[Mount] = (),
+    host_pts: bool = False,
 ) -> list[Mount]:
     """The mounts of one phase, in the order they are made.
 
@@ -107,7 +116,7 @@ def phase_mounts(
     binds += [Mount("bind", p, source=p, readonly=True) for p in readonly]
     binds += list(extra)
     binds.sort(key=lambda m: len(m.target.parts))
-    return [overlay, *base_mounts(), *binds]
+    return [overlay, *base_mounts(host_pts), *binds]
 
 
 def _mount_data(m: Mount) -> dict[str, object]:
@@ -226,12 +235,13 @@ class ChrootExecutor:
     def toolchain_id(self) -> str:
         return self._toolchain_id
 
-    def mounts_for(self, job: PhaseJob, scratch: Path) -> list[Mount]:
+    def mounts_for(self, job: PhaseJob, scratch: Path, interactive: bool = False) -> list[Mount]:
         """The sandbox of `job` as data (what --debug prints)."""
         writable = list(job.writable)
         if job.cwd not in writable and not any(_is_under(job.cwd, w) for w in writable):
             writable.append(job.cwd)
-        return phase_mounts(self.root, scratch, writable, job.readonly, job.extra_mounts)
+        return phase_mounts(self.root, scratch, writable, job.readonly, job.extra_mounts,
+                            host_pts=interactive)
 
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
         """Run one phase; its output goes to `log_file`; returns its exit status."""
@@ -258,7 +268,7 @@ class ChrootExecutor:
         try:
             for sub in ("upper", "work", "root"):
                 (scratch / sub).mkdir()
-            mounts = self.mounts_for(job, scratch)
+            mounts = self.mounts_for(job, scratch, interactive=stdin is None)
             if self.debug:
                 log.debug("sandbox of %s %s:\n%s", job.package, job.phase,
                           describe(mounts, job.network))

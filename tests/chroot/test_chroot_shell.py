@@ -68,10 +68,11 @@ def test_shell_runs_in_the_build_root_with_the_package_work_folder(
     (work / "sysroot" / "usr" / "include").mkdir(parents=True)
     (work / "src" / "note.txt").write_text("kept from the failed build\n")
     typed = (b"echo answer=$((6*7)); cat note.txt; echo sysroot=$SYSROOT; "
-             b"touch /usr/bin/from-shell; echo made > made.txt; exit 7\n")
+             b"tty; touch /usr/bin/from-shell; echo made > made.txt; exit 7\n")
     status, screen = _talk(["--build-dir", str(build_dir), "chroot", "demo"], typed)
     assert status == 7, screen
     assert "answer=42" in screen
+    assert "\n/dev/pts/" in screen.replace("\r", "")  # the terminal is visible inside
     assert "kept from the failed build" in screen
     assert f"sysroot={work.resolve() / 'sysroot'}" in screen
     assert (work / "src" / "made.txt").read_text() == "made\n"  # the work folder is writable
