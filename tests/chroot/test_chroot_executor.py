@@ -215,7 +215,7 @@ def root_before(build_root: BuildRoot) -> dict[str, tuple[int, int, str]]:
     return tree_manifest(build_root.path)
 
 
-@pytest.mark.parametrize("end", ["success", "failure", "sigint", "kill9"])
+@pytest.mark.parametrize("end", ["success", "failure", "sigint", "kill9", "kill9-sandbox"])
 def test_root_and_mount_table_unchanged(
     end: str, build_root: BuildRoot, root_before: dict[str, tuple[int, int, str]],
     tmp_path: Path,
@@ -231,7 +231,7 @@ def test_root_and_mount_table_unchanged(
          str(work), VANDAL + tail],
         env=env, start_new_session=True,
     )
-    if end in ("sigint", "kill9"):
+    if end in ("sigint", "kill9", "kill9-sandbox"):
         deadline = time.monotonic() + 30
         while not (work / "started").exists():
             assert proc.poll() is None, (work / "phase.log").read_text()
@@ -242,10 +242,14 @@ def test_root_and_mount_table_unchanged(
         # Like Ctrl-C in a terminal: SIGINT to the whole foreground process group.
         if end == "sigint":
             os.killpg(proc.pid, signal.SIGINT)
-        else:
+        elif end == "kill9":  # iglubuild itself dies
             os.kill(proc.pid, signal.SIGKILL)
+        else:  # the sandbox (unshare) dies; iglubuild sees the phase killed
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            os.kill(int(children[0]), signal.SIGKILL)
     rc = proc.wait(timeout=60)
-    expected = {"success": 0, "failure": 3, "sigint": 130, "kill9": -9}[end]
+    expected = {"success": 0, "failure": 3, "sigint": 130, "kill9": -9,
+                "kill9-sandbox": 256 - 9}[end]
     assert rc == expected, (work / "phase.log").read_text()
     assert (work / "started").exists()  # the vandal really ran
     # The sandbox dies with its parent even after kill -9: give the kernel a moment.
@@ -258,3 +262,11 @@ def test_root_and_mount_table_unchanged(
     # The host's own mounts (/, /proc, /dev ...) are all still there, unchanged.
     assert _system(host_mounts()) == _system(mounts_before)
     assert tree_manifest(build_root.path) == root_before
+    scratch = tmp_path / "scratch"
+    if end == "kill9":
+        # iglubuild died before removing its scratch folder; the next run does.
+        assert len(list(scratch.iterdir())) == 1
+        ex = ChrootExecutor(build_root.path, "t", scratch)
+        with open(os.devnull, "wb") as log:
+            assert ex.run_phase(_job(work, "true"), log) == 0
+    assert list(scratch.iterdir()) == []
