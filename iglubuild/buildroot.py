@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from iglubuild.chroot import base_mounts, require_root, sandbox_argv, write_spec
+from iglubuild.chroot import (
+    base_mounts,
+    remove_scratch,
+    require_root,
+    sandbox_argv,
+    write_spec,
+)
 from iglubuild.errors import BuildError, UsageError
 from iglubuild.run import CommandError, base_env, require_tool, run
 
@@ -225,7 +231,11 @@ def create(build_dir: Path, manifest: Manifest, log_file: IO[bytes] | None = Non
     tmp.mkdir()
     scratch.mkdir(exist_ok=True)
     try:
-        argv = [debootstrap, f"--variant={manifest.variant}", manifest.suite, str(tmp / "root")]
+        # debootstrap mounts /proc and /sys in the target while it works; in a
+        # private mount namespace those mounts cannot outlive it, even on Ctrl-C.
+        unshare = require_tool("unshare", "util-linux")
+        argv = [unshare, "--mount", "--propagation", "private", "--fork", "--kill-child",
+                debootstrap, f"--variant={manifest.variant}", manifest.suite, str(tmp / "root")]
         if manifest.mirror:
             argv.append(manifest.mirror)
         _step("debootstrap", argv, log_file)
@@ -262,8 +272,8 @@ def create(build_dir: Path, manifest: Manifest, log_file: IO[bytes] | None = Non
         rec_tmp.rename(final.with_name(final.name + ".json"))
         return BuildRoot(final, ident, manifest.digest, packages, record["created"]), True
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_scratch(scratch)
+        remove_scratch(tmp)
 
 
 def _step(what: str, argv: list[str], log_file: IO[bytes] | None) -> None:
@@ -283,7 +293,7 @@ def _remove_stale_temps(tdir: Path) -> None:
         except (IndexError, ValueError):
             continue
         if not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p, ignore_errors=True)
+            remove_scratch(p)
 
 
 def size_bytes(path: Path) -> int:

@@ -225,6 +225,10 @@ class ChrootExecutor:
         return cls(root.path, root.id, settings.build_dir / "tmp" / "chroot",  # type: ignore[attr-defined]
                    debug=bool(getattr(settings, "debug", False)))
 
+    def describe(self) -> str:
+        return (f"chroot: build root {self._toolchain_id} at {self.root} (overlay, read-only); "
+                "namespaces mount, pid, net (loopback only)")
+
     def check(self) -> None:
         require_root("the chroot executor")
         _host_tools()
@@ -237,6 +241,10 @@ class ChrootExecutor:
 
     def mounts_for(self, job: PhaseJob, scratch: Path, interactive: bool = False) -> list[Mount]:
         """The sandbox of `job` as data (what --debug prints)."""
+        for p in (*job.writable, *job.readonly):
+            if not p.is_absolute() or not p.exists():
+                raise BuildError(f"{job.package} {job.phase}: cannot mount {p}: no such folder",
+                                 hint="folders given to a phase must exist and be absolute")
         writable = list(job.writable)
         if job.cwd not in writable and not any(_is_under(job.cwd, w) for w in writable):
             writable.append(job.cwd)
