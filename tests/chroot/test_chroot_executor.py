@@ -15,8 +15,8 @@ import pytest
 from conftest import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
 
 from iglubuild.buildroot import BuildRoot
-from iglubuild.chroot import ChrootExecutor, phase_mounts
-from iglubuild.executor import Mount, PhaseJob
+from iglubuild.chroot import ChrootExecutor
+from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -167,16 +167,6 @@ def test_pid_namespace_and_no_leftover_processes(
     time.sleep(0.2)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert marker not in ps
-
-
-def test_mounts_are_data() -> None:
-    mounts = phase_mounts(Path("/r"), Path("/s"), [Path("/w/pkg/pkgdir"), Path("/w/pkg")],
-                          [Path("/sys/root")], [Mount("bind", Path("/x"), Path("/y"))])
-    kinds = [m.kind for m in mounts]
-    assert kinds[:4] == ["overlay", "proc", "dev", "tmpfs"]
-    binds = [m.target for m in mounts[4:]]
-    assert binds.index(Path("/w/pkg")) < binds.index(Path("/w/pkg/pkgdir"))
-    assert "lowerdir=/r" in mounts[0].describe()
 
 
 DRIVER = """
