@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -46,9 +47,6 @@ SUBPACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+._]*$")
 MAX_VALUE_LENGTH = 65536
 URL_FIELDS = ("name", "version", "version_underscore", "version_major", "version_minor")
 
-Name = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-
-
 def _check_name(value: str, what: str = "package name") -> str:
     if not NAME_RE.match(value):
         raise ValueError(
@@ -56,6 +54,16 @@ def _check_name(value: str, what: str = "package name") -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def _check_option(value: str) -> str:
+    if value not in KNOWN_OPTIONS:
+        raise ValueError(f"unknown option {value!r}{_did_you_mean(value, KNOWN_OPTIONS)}")
+    return value
+
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_check_name)]
+OptionName = Annotated[StrictStr, AfterValidator(_check_option)]
 
 
 class Source(BaseModel):
@@ -145,25 +153,13 @@ class Recipe(BaseModel):
     gnu: list[Name] = []
     sources: list[Source] = []
     patches: list[StrictStr] = []
-    options: list[StrictStr] = []
+    options: list[OptionName] = []
     prepare: StrictStr | None = None
     build: StrictStr | None = None
     check: StrictStr | None = None
     package: StrictStr | None = None
     subpackages: dict[StrictStr, list[StrictStr]] = {}
     backup: list[StrictStr] = []
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
-
-    @field_validator("deps", "makedeps", "gnu")
-    @classmethod
-    def _dep_names(cls, v: list[str]) -> list[str]:
-        for item in v:
-            _check_name(item)
-        return v
 
     @field_validator("version")
     @classmethod
@@ -179,14 +175,6 @@ class Recipe(BaseModel):
     def _release(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"release must be a positive integer, got {v}")
-        return v
-
-    @field_validator("options")
-    @classmethod
-    def _options(cls, v: list[str]) -> list[str]:
-        for opt in v:
-            if opt not in KNOWN_OPTIONS:
-                raise ValueError(f"unknown option {opt!r}{_did_you_mean(opt, KNOWN_OPTIONS)}")
         return v
 
     @field_validator("subpackages")
