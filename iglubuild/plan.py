@@ -164,8 +164,11 @@ def package_inputs(loaded: Any, toolchain_id: str, dep_signatures: Mapping[str, 
         remote.append([str(getattr(src, "filename", None) or ""), checksum])
     for patch in recipe.patches:
         files.append(["patch", patch, _file_digest(loaded.dir / patch)])
+    # The loader decoded recipe.yaml as strict UTF-8, so re-encoding the text
+    # gives back the file's exact bytes without reading it a second time.
+    text = getattr(loaded, "text", None)
     return Inputs(
-        recipe=_file_digest(loaded.path),
+        recipe=_sha(text.encode("utf-8")) if text is not None else _file_digest(loaded.path),
         sources=_sha(_canonical(remote)),
         files=_sha(_canonical(files)),
         toolchain=toolchain_id,
