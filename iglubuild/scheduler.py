@@ -234,13 +234,14 @@ class _Run:
     def _interrupt(self) -> None:
         """Ctrl-C: stop everything, wait for the workers, record what did finish."""
         self.stop.set()
-        self._terminate()
         while self.running:
+            # Terminate again on every round: a builder may have been between
+            # two phases at the first call and started the next one since.
+            self._terminate()
             try:
                 done, _ = wait(list(self.running), timeout=POLL, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:
-                self._terminate()  # a second Ctrl-C: try again, still wait
-                continue
+                continue  # a second Ctrl-C: we are already stopping; still wait
             for fut in done:
                 name = self.running.pop(fut)
                 # A build that completed before the terminate is a real,
