@@ -437,7 +437,9 @@ def make_plan(
     dependents are not forced: their inputs did not change).
     """
     order = graph.order(list(names) if names is not None else None)
-    forced = set(force)
+    # A sub-package name ("curl-dev") forces the recipe that makes it.
+    providers: Mapping[str, tuple[str, Any]] = getattr(graph, "providers", {})
+    forced = {providers[n][0] if n in providers else n for n in force}
     unknown = sorted(forced - set(order))
     if unknown:
         raise UsageError(f"cannot force {', '.join(unknown)}: not in this build",

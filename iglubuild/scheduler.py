@@ -162,7 +162,9 @@ class _Run:
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build")
         try:
             self._loop(pool)
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C, or a failure of our own (say, the disk is full while
+            # writing a record): either way stop the builds before leaving.
             self._interrupt()
             raise
         finally:
@@ -232,7 +234,7 @@ class _Run:
             stack.extend(self.dependents[name])
 
     def _interrupt(self) -> None:
-        """Ctrl-C: stop everything, wait for the workers, record what did finish."""
+        """Stop everything, wait for the workers, record what did finish."""
         self.stop.set()
         while self.running:
             # Terminate again on every round: a builder may have been between

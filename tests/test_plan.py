@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iglubuild.errors import UsageError
 from iglubuild.plan import Plan, StateStore, Status, make_plan
@@ -209,3 +211,42 @@ def test_record_is_written_atomically(tree_dir: Path, state: StateStore) -> None
     assert data["signature"] == plan.packages["curl"].signature
     assert data["inputs"]["deps"] == {d: plan.packages[d].signature
                                       for d in ["openssl", "pkgconf", "zlib"]}
+
+
+def test_forcing_a_subpackage_forces_its_recipe(tree_dir: Path, state: StateStore) -> None:
+    mark_all_built(plan_of(tree_dir, state), state)
+    assert outdated(plan_of(tree_dir, state, force=["curl-dev"])) == {"curl"}
+
+
+# Random trees: whichever recipe changes, exactly it and its dependents are outdated.
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    count = draw(st.integers(min_value=1, max_value=12))
+    names = [f"n{i}" for i in range(count)]
+    return {name: sorted(draw(st.sets(st.sampled_from(names[:i]), max_size=3))) if i else []
+            for i, name in enumerate(names)}
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dag=dags(), data=st.data())
+def test_random_dag_change_reaches_exactly_the_reverse_deps(
+    tmp_path_factory: pytest.TempPathFactory, dag: dict[str, list[str]], data: st.DataObject
+) -> None:
+    base = tmp_path_factory.mktemp("dag")
+    root = base / "recipes"
+    for name, deps in dag.items():
+        folder = root / "base" / name
+        folder.mkdir(parents=True)
+        (folder / "recipe.yaml").write_text(
+            f"name: {name}\nversion: '1'\ndeps: [{', '.join(deps)}]\n")
+    state = StateStore(base / "build")
+    mark_all_built(plan_of(root, state), state)
+    changed = data.draw(st.sampled_from(sorted(dag)))
+    path = root / "base" / changed / "recipe.yaml"
+    path.write_text(path.read_text().replace("version: '1'", "version: '2'"))
+    expected = {changed}
+    for name in dag:  # dag is in topological order: deps come first
+        if expected & set(dag[name]):
+            expected.add(name)
+    assert outdated(plan_of(root, state)) == expected
