@@ -1,7 +1,8 @@
 """Compile budget: 2 packages each running `make -j2` on a 2-core machine.
 
-Each package is a Makefile compiling 6 real C files with clang -O2. Measured
-with and without the shared jobserver (iglubuild.jobserver):
+Each package is a Makefile compiling 6 real C files with clang -O2; the two
+packages are independent and run through the real scheduler at jobs=2, with
+and without the shared jobserver (iglubuild.jobserver). Measured:
 
 - peak and mean number of compiles running at once (from start/end stamps);
 - mean and peak number of the benchmark's own runnable processes (state R,
@@ -27,8 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from iglubuild.graph import DepGraph  # noqa: E402
 from iglubuild.jobserver import Jobserver  # noqa: E402
+from iglubuild.plan import StateStore, make_plan  # noqa: E402
+from iglubuild.recipe import load_tree  # noqa: E402
 from iglubuild.run import require_tool  # noqa: E402
+from iglubuild.scheduler import run_plan  # noqa: E402
 
 MAKEFILE = """\
 SRCS := $(wildcard *.c)
@@ -104,41 +109,45 @@ def sample_run_queue(base: Path, stop: threading.Event, samples: list[int]) -> N
 
 
 def run_case(base: Path, label: str, budget: int, files: int, use_jobserver: bool) -> None:
+    """Both packages go through the real scheduler (jobs=2), each running `make`."""
     slug = label.replace(" ", "-")
     events = base / f"{slug}.events"
-    pkgs = [base / slug / "p1", base / slug / "p2"]
-    for p in pkgs:
-        make_package(p, files)
+    recipes = base / slug / "recipes"
+    for name in ("p1", "p2"):
+        make_package(base / slug / name, files)
+        (recipes / "base" / name).mkdir(parents=True)
+        (recipes / "base" / name / "recipe.yaml").write_text(f"name: {name}\nversion: '1'\n")
+    tree = load_tree(recipes)
+    plan = make_plan(tree, DepGraph(tree), "bench", StateStore(base / slug / "build"))
     env = {"PATH": "/usr/bin:/bin", "MAKEFLAGS": f"-j{budget}"}
     js = Jobserver(budget) if use_jobserver else None
     fds: tuple[int, ...] = ()
     if js:
         env.update(js.env())
         fds = js.pass_fds
-        for _ in pkgs:  # the scheduler's token per running package
-            assert js.acquire(timeout=5)
+
+    def build_one(name: str) -> None:
+        subprocess.run(["make", "-s", f"EVENTS={events}"], cwd=base / slug / name, env=env,
+                       pass_fds=fds, stdin=subprocess.DEVNULL, check=True)
+
     samples: list[int] = []
     stop = threading.Event()
     sampler = threading.Thread(target=sample_run_queue, args=(base / slug, stop, samples))
     sampler.start()
-    start = time.monotonic()
-    procs = [subprocess.Popen(["make", "-s", f"EVENTS={events}"], cwd=p, env=env,
-                              pass_fds=fds, stdin=subprocess.DEVNULL) for p in pkgs]
-    codes = [p.wait() for p in procs]
-    wall = time.monotonic() - start
-    stop.set()
-    sampler.join()
+    try:
+        summary = run_plan(plan, build_one, jobs=2, jobserver=js)
+    finally:
+        stop.set()
+        sampler.join()
+    assert summary.ok and len(summary.built) == 2, summary.lines()
     if js:
-        for _ in pkgs:
-            js.release()
         left = js.available()
         js.close()
         assert left == budget, f"tokens leaked: {left} of {budget}"
-    assert codes == [0, 0], codes
     peak, mean = concurrency(events)
     print(f"  {label:16s} compiles at once: peak {peak}, mean {mean:.2f}; "
           f"runnable: mean {sum(samples) / len(samples):.2f}, peak {max(samples)} "
-          f"(budget {budget}); wall {wall:.2f} s")
+          f"(budget {budget}); wall {summary.elapsed:.2f} s")
 
 
 def main() -> int:
