@@ -254,15 +254,19 @@ class StateStore:
         return str(newest.inputs.get("toolchain")) if newest else None
 
     def write(self, record: Record) -> None:
-        """Write a record atomically: temporary file in the same folder, then rename."""
+        """Write a record atomically: temporary file in the same folder, then rename.
+
+        No fsync: the scheduler writes records between dispatching builds, and
+        after a power loss a record that did not reach the disk (or reads as
+        garbage) only costs a rebuild of that package, since `load` treats
+        it as missing.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         data = json.dumps(record.to_json(), indent=1, sort_keys=True).encode() + b"\n"
         fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, self.path(record.name))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
