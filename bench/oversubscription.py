@@ -108,7 +108,7 @@ def sample_run_queue(base: Path, stop: threading.Event, samples: list[int]) -> N
         time.sleep(0.02)
 
 
-def run_case(base: Path, label: str, budget: int, files: int, use_jobserver: bool) -> None:
+def run_case(base: Path, label: str, budget: int, files: int, use_jobserver: bool) -> int:
     """Both packages go through the real scheduler (jobs=2), each running `make`."""
     slug = label.replace(" ", "-")
     events = base / f"{slug}.events"
@@ -148,6 +148,7 @@ def run_case(base: Path, label: str, budget: int, files: int, use_jobserver: boo
     print(f"  {label:16s} compiles at once: peak {peak}, mean {mean:.2f}; "
           f"runnable: mean {sum(samples) / len(samples):.2f}, peak {max(samples)} "
           f"(budget {budget}); wall {summary.elapsed:.2f} s")
+    return peak
 
 
 def main() -> int:
@@ -161,8 +162,9 @@ def main() -> int:
           f"{os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         run_case(Path(tmp), "no jobserver", args.budget, args.files, use_jobserver=False)
-        run_case(Path(tmp), "shared jobserver", args.budget, args.files, use_jobserver=True)
-    return 0
+        peak = run_case(Path(tmp), "shared jobserver", args.budget, args.files,
+                        use_jobserver=True)
+    return 0 if peak <= args.budget else 1
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ def test_independent_packages_overlap_in_time(tree_dir: Path, tmp_path: Path) ->
     assert overlap(builder.times["zlib"], builder.times["pkgconf"]) > 0.2
     serial = sum(end - start for start, end in builder.times.values())
     assert summary.elapsed < serial * 0.85
+    # Three packages are ready at once after musl, but never more than jobs=2 run.
+    stamps = sorted((t, +1 if i == 0 else -1) for span in builder.times.values()
+                    for i, t in enumerate(span))
+    running = [sum(step for _, step in stamps[: k + 1]) for k in range(len(stamps))]
+    assert max(running) == 2
 
 
 def test_longest_remaining_chain_goes_first(tree_dir: Path, tmp_path: Path) -> None:
