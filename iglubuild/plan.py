@@ -242,6 +242,24 @@ class StateStore:
             # A corrupt record only costs a rebuild.
             return None
 
+    def artifact(self, package: str, recipe: str) -> Path | None:
+        """The recorded artifact of `package` (`recipe` itself or a sub-package like
+        `zlib-dev`), or None if `recipe` has no successful build with one.
+
+        This is how a builder finds its dependencies' artifacts for the
+        sysroot: records are written the moment a dependency finishes, before
+        any dependent starts. Artifact names follow
+        `<package>-<version>-r<release>.<arch>.tar.zst`.
+        """
+        record = self.load(recipe)
+        if record is None or record.result != "built":
+            return None
+        prefix = f"{package}-{record.version}."
+        for path in record.artifacts:
+            if os.path.basename(path).startswith(prefix) and os.path.exists(path):
+                return Path(path)
+        return None
+
     def last_toolchain_id(self) -> str | None:
         """The toolchain id of the most recent build recorded here, if any."""
         newest: Record | None = None

@@ -250,3 +250,19 @@ def test_random_dag_change_reaches_exactly_the_reverse_deps(
         if expected & set(dag[name]):
             expected.add(name)
     assert outdated(plan_of(root, state)) == expected
+
+
+def test_artifact_lookup_for_a_package_and_its_subpackage(tree_dir: Path, state: StateStore,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "packages"
+    out.mkdir()
+    main, dev = out / "curl-1.0-r1.x86_64.tar.zst", out / "curl-dev-1.0-r1.x86_64.tar.zst"
+    main.write_bytes(b"m")
+    dev.write_bytes(b"d")
+    mark_all_built(plan_of(tree_dir, state), state, {"curl": [str(main), str(dev)]})
+    assert state.artifact("curl", "curl") == main
+    assert state.artifact("curl-dev", "curl") == dev
+    assert state.artifact("curl-doc", "curl") is None
+    dev.unlink()
+    assert state.artifact("curl-dev", "curl") is None
+    assert state.artifact("zlib", "zlib") is None  # built, but recorded no artifact
