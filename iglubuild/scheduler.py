@@ -171,9 +171,9 @@ class _Run:
             pool.shutdown(wait=True)
             self.progress.close()
         self.summary.elapsed = time.monotonic() - start
-        built = self.summary.built
-        edges = {n: [d for d in self.plan.build_edges()[n] if d in self.summary.durations]
-                 for n in self.plan.to_build() if n in built}
+        durations = self.summary.durations
+        edges = {n: [d for d in deps if d in durations]
+                 for n, deps in self.plan.build_edges().items() if n in durations}
         path, seconds = longest_path(edges, self.summary.durations)
         self.summary.critical_path, self.summary.critical_path_seconds = path, seconds
         return self.summary
