@@ -50,9 +50,10 @@ def test_dependency_order_is_respected(tree_dir: Path, tmp_path: Path) -> None:
 
 
 def test_independent_packages_overlap_in_time(tree_dir: Path, tmp_path: Path) -> None:
-    summary, builder = build(tree_dir, tmp_path / "build", jobs=2)
+    summary, builder = build(tree_dir, tmp_path / "build", jobs=2,
+                             durations={"zlib": 0.8, "pkgconf": 0.8})
     # After musl, zlib and pkgconf (the two longest chains) start together.
-    assert overlap(builder.times["zlib"], builder.times["pkgconf"]) > 0.2
+    assert overlap(builder.times["zlib"], builder.times["pkgconf"]) > 0.5
     serial = sum(end - start for start, end in builder.times.values())
     assert summary.elapsed < serial * 0.85
     # Three packages are ready at once after musl, but never more than jobs=2 run.
