@@ -8,7 +8,6 @@ instead (CI makes it once before the tests).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,12 +18,7 @@ from pathlib import Path
 import pytest
 
 from iglubuild import buildroot
-
-PROJECT = Path(__file__).resolve().parents[2]
-MANIFEST = PROJECT / "toolchain" / "buildroot.toml"
-DISTFILES = Path(os.environ.get("IGLUBUILD_TEST_DISTFILES", "/work/shared/distfiles"))
-MUSL = "musl-1.2.3.tar.gz"
-MUSL_FLAGS = "--target=x86_64-linux-musl -fuse-ld=lld --rtlib=compiler-rt --unwindlib=none"
+from tests.chroot.helpers import DISTFILES, MANIFEST, MUSL, sha256_file
 
 
 def _need_root() -> None:
@@ -52,43 +46,6 @@ def build_root(tmp_path_factory: pytest.TempPathFactory) -> buildroot.BuildRoot:
     return root
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tree_manifest(root: Path) -> dict[str, tuple[int, int, str]]:
-    """path -> (mode, size, sha256 or link target) of every entry under root."""
-    entries: dict[str, tuple[int, int, str]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                entries[rel] = (st.st_mode, 0, os.readlink(p))
-            elif p.is_file():
-                entries[rel] = (st.st_mode, st.st_size, _sha256(p))
-            else:
-                entries[rel] = (st.st_mode, 0, "")
-    return entries
-
-
-def host_mounts(*paths: Path) -> list[str]:
-    """The host's mount table (without mount ids), limited to mounts naming `paths`.
-
-    Other programs on the machine (a Docker engine, say) mount and unmount
-    while tests run, so only mounts that mention our folders are compared.
-    """
-    wanted = [str(p) for p in paths]
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        lines = [" ".join(line.split()[2:]) for line in fh]
-    return sorted(line for line in lines if not wanted or any(w in line for w in wanted))
-
-
 @pytest.fixture(scope="session")
 def musl_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """musl 1.2.3 built with the host's clang for x86_64-linux-musl, installed in a sysroot."""
@@ -100,7 +57,7 @@ def musl_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cols = line.split("\t")
         if cols[0] == MUSL:
             expected = cols[3]
-    assert expected and _sha256(tarball) == expected, "musl tarball does not match SOURCES.tsv"
+    assert expected and sha256_file(tarball) == expected, "musl tarball does not match SOURCES.tsv"
     base = tmp_path_factory.mktemp("musl")
     with tarfile.open(tarball) as tar:
         tar.extractall(base, filter="data")

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MANIFEST, PROJECT
 
 from iglubuild import buildroot
 from iglubuild.buildroot import BuildRoot, load_manifest
 from iglubuild.errors import UsageError
+from tests.chroot.helpers import MANIFEST, PROJECT
 
 CLI_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(PROJECT),
            "LANG": "C.UTF-8"}

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
 
 from iglubuild.buildroot import BuildRoot
 from iglubuild.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
+from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MANIFEST, PROJECT
 
 from iglubuild.buildroot import BuildRoot, load_manifest
+from tests.chroot.helpers import MANIFEST, PROJECT
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
