@@ -91,11 +91,19 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(settings: Settings, args: argparse.Namespace) -> int:
+    root = buildroot.current_root(settings, args.manifest)
+    print(root.path)
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "build": Action("make the build root with debootstrap (no-op when up to date)",
                     _build_args, _build),
     "status": Action("show the build roots, their size and whether they match the manifest",
                      _no_args, _status),
+    "path": Action("print the folder of the build root matching the manifest (for scripts)",
+                   _no_args, _path),
     "export": Action("write the build root as a tarball (for the Docker image)",
                      _export_args, _export),
 }

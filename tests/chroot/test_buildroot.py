@@ -116,6 +116,12 @@ def test_second_build_is_a_no_op_and_changed_manifest_is_not(
     assert proc.returncode == 1
     assert "does not match the manifest" in proc.stdout
 
+    proc = _cli("--build-dir", str(build_dir), "toolchain", "path")
+    assert proc.returncode == 0 and proc.stdout.strip() == str(build_root.path)
+    proc = _cli("--build-dir", str(tmp_path / "empty"), "toolchain", "path")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == "hint: run: iglubuild toolchain build"
+
     proc = _cli("--build-dir", str(build_dir), "toolchain", "status")
     assert proc.returncode == 0
     assert build_root.id in proc.stdout and "matches the manifest" in proc.stdout
