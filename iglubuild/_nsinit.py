@@ -201,12 +201,14 @@ def main():
     # Leaving now kills every process left in the PID namespace.
     if status is None:
         os._exit(125)
-    if os.WIFSIGNALED(status):
-        # Report a signal the way a shell does; unshare turns our own death
-        # by signal into the same convention, but a kill of PID 1 by itself
-        # is not allowed, so exit 128+N.
-        os._exit(128 + os.WTERMSIG(status))
-    os._exit(os.WEXITSTATUS(status))
+    code = os.waitstatus_to_exitcode(status)  # negative for a signal
+    # PID 1 cannot die of a signal it sends itself, so the phase's death by
+    # signal N would only show as exit 128+N, like a script's own exit 128+N.
+    # The status file tells the two apart for iglubuild.
+    if spec.get("status_file"):
+        with open(spec["status_file"], "w") as fh:
+            fh.write(f"{code}\n")
+    os._exit(128 - code if code < 0 else code)
 
 
 if __name__ == "__main__":

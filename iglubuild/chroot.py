@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger("iglubuild.chroot")
 
 NSINIT = Path(__file__).with_name("_nsinit.py")
 SHELL = "/bin/sh"
+TERM_GRACE_SECONDS = 3.0
 
 
 def require_root(what: str) -> None:
@@ -150,9 +152,14 @@ def write_spec(
     cwd: Path,
     env: Mapping[str, str],
     network: bool,
+    status_file: Path | None = None,
 ) -> None:
-    """Write the sandbox description the init reads (root = where the new / is built)."""
+    """Write the sandbox description the init reads (root = where the new / is built).
+
+    `status_file` receives the command's exit code (negative for a signal).
+    """
     spec = {
+        "status_file": str(status_file) if status_file else None,
         "root": str(root),
         "mounts": [_mount_data(m) for m in mounts],
         "argv": list(argv),
@@ -214,7 +221,6 @@ class ChrootExecutor:
         self.debug = debug
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
-        self._stopping = False
 
     @classmethod
     def from_settings(cls, settings: object, manifest: Path | None = None) -> ChrootExecutor:
@@ -267,8 +273,6 @@ class ChrootExecutor:
 
     def _run(self, job: PhaseJob, argv: list[str], *, stdin: int | None,
              stdout: IO[bytes] | int | None, stderr: int | None, new_session: bool) -> int:
-        if self._stopping:
-            return -signal.SIGTERM
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_scratch()
         scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.package}-{job.phase}-",
@@ -281,7 +285,9 @@ class ChrootExecutor:
                 log.debug("sandbox of %s %s:\n%s", job.package, job.phase,
                           describe(mounts, job.network))
             spec = scratch / "spec"
-            write_spec(spec, scratch / "root", mounts, argv, job.cwd, job.env, job.network)
+            status = scratch / "status"
+            write_spec(spec, scratch / "root", mounts, argv, job.cwd, job.env, job.network,
+                       status)
             cmd = sandbox_argv(spec, job.network)
             # Not run.run(): the executor must hold the process to stop it from
             # another thread (terminate), so it spawns with the same rules:
@@ -299,8 +305,13 @@ class ChrootExecutor:
             finally:
                 with self._lock:
                     self._procs.discard(proc)
-            # The init reports the phase's death by signal N as 128+N, like a shell.
-            return rc
+            # The init writes the phase's own status (so a phase killed by a
+            # signal is told from one that exits 128+N); without it the init
+            # itself was killed and unshare's status is all there is.
+            try:
+                return int(status.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return rc
         finally:
             remove_scratch(scratch)
 
@@ -313,15 +324,33 @@ class ChrootExecutor:
                 remove_scratch(entry)
 
     def terminate(self) -> None:
-        """Stop every running phase: killing unshare makes it kill PID 1, and so the namespace."""
-        self._stopping = True
+        """Stop every running phase: SIGTERM, then SIGKILL after a grace period.
+
+        The signal goes to the phase's whole process group (unshare, the init
+        and the phase's processes). Whatever else lives in the namespace dies
+        with its PID 1, and unshare's --kill-child makes sure PID 1 does.
+        """
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
-            _kill(proc)
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
+    _signal_group(proc, signal.SIGKILL)
     try:
         proc.kill()
     except ProcessLookupError:

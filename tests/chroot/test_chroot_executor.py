@@ -152,6 +152,36 @@ def test_loopback_inside_works(executor: ChrootExecutor, tmp_path: Path) -> None
     assert "over lo" in out
 
 
+def test_exit_status_tells_a_signal_from_exit_128_plus_n(
+    executor: ChrootExecutor, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    assert _run(executor, _job(work, "exit 143"), tmp_path)[0] == 143
+    assert _run(executor, _job(work, "kill -SEGV $$"), tmp_path)[0] == -signal.SIGSEGV
+    assert _run(executor, _job(work, "no-such-program"), tmp_path)[0] == 127
+
+
+def test_terminate_stops_a_running_phase(executor: ChrootExecutor, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(
+        _run(executor, _job(work, "touch started; sleep 600"), tmp_path)[0]))
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (work / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    start = time.monotonic()
+    executor.terminate()
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - start < 5
+    assert result == [-signal.SIGTERM]
+    # The executor still runs phases afterwards (one executor serves a whole session).
+    assert _run(executor, _job(work, "true"), tmp_path)[0] == 0
+
+
 def test_pid_namespace_and_no_leftover_processes(
     executor: ChrootExecutor, tmp_path: Path
 ) -> None:
