@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,14 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def package_folders(settings: Settings, name: str) -> tuple[Path | None, Path | None]:
     """(work folder, sysroot) of NAME in the build directory, None where absent.
 
-    The build stage keeps a failed package's work folder at <build-dir>/work/NAME
-    with its sysroot (the declared dependencies) at work/NAME/sysroot and the
-    compiler wrappers pinning that sysroot in work/NAME/bin.
+    The build stage keeps a failed package's work folder at <build-dir>/work/NAME,
+    with compiler wrappers in work/NAME/bin that pin its sysroot (a folder of its
+    own, or a shared one under <build-dir>/sysroots): the sysroot is read from them.
     """
     work = settings.work_dir / name
-    sysroot = work / "sysroot"
-    return (work.resolve() if work.is_dir() else None,
-            sysroot.resolve() if sysroot.is_dir() else None)
+    if not work.is_dir():
+        return None, None
+    own = work / "sysroot"
+    if own.is_dir():
+        return work.resolve(), own.resolve()
+    for wrapper in sorted((work / "bin").glob("*cc")) if (work / "bin").is_dir() else []:
+        found = re.search(r"--sysroot=(\S+)", wrapper.read_text(errors="replace"))
+        if found and Path(found.group(1).strip("'\"")).is_dir():
+            return work.resolve(), Path(found.group(1).strip("'\"")).resolve()
+    return work.resolve(), None
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -51,6 +59,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     cwd = Path("/root")
     env = base_env({"TERM": os.environ.get("TERM", "xterm")})
     writable: tuple[Path, ...] = ()
+    readonly: tuple[Path, ...] = ()
     if args.name:
         work, sysroot = package_folders(settings, args.name)
         if work is None:
@@ -60,10 +69,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         cwd = work / "src" if (work / "src").is_dir() else work
         if sysroot is not None:
             env["SYSROOT"] = str(sysroot)
+            if not sysroot.is_relative_to(work):
+                readonly = (sysroot,)
         if (work / "bin").is_dir():
             env["PATH"] = f"{work / 'bin'}:{env['PATH']}"
     job = PhaseJob(package=args.name or "shell", phase="chroot", script="", cwd=cwd,
-                   env=env, writable=writable)
-    for p in writable:
+                   env=env, writable=writable, readonly=readonly)
+    for p in writable + readonly:
         print(f"mounted at its own path: {p}")
     return executor.interactive(job)

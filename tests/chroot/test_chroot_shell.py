@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iglubuild.buildroot import BuildRoot, load_manifest
-from tests.chroot.helpers import MANIFEST, PROJECT
+from tests.chroot.helpers import MANIFEST, MUSL_FLAGS, PROJECT
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -96,3 +96,29 @@ def test_shell_for_an_unknown_package_says_so(build_dir: Path) -> None:
     assert status == 2
     assert "no work folder for nosuch" in screen
     assert "Traceback" not in screen
+
+
+def test_shell_replays_a_build_with_the_wrappers_shared_sysroot(
+    build_dir: Path, musl_sysroot: Path
+) -> None:
+    # The build stage's layout: wrappers in work/NAME/bin pin a shared sysroot.
+    work = build_dir / "work" / "replay"
+    (work / "src").mkdir(parents=True)
+    (work / "bin").mkdir()
+    wrapper = work / "bin" / "x86_64-linux-musl-cc"
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/clang {MUSL_FLAGS} --sysroot={musl_sysroot}'
+                       ' "$@"\n')
+    wrapper.chmod(0o755)
+    (work / "src" / "hi.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("replayed"); return 0; }\n')
+    typed = (b"x86_64-linux-musl-cc -static -o hi hi.c && ./hi; "
+             b"touch $SYSROOT/usr/lib/evil; exit\n")
+    status, screen = _talk(["--build-dir", str(build_dir), "chroot", "replay"], typed,
+                           timeout=60)
+    assert status == 1, screen  # the touch in the read-only sysroot fails
+    assert "replayed\n" in screen.replace("\r", "")
+    assert "Read-only file system" in screen
+    assert f"mounted at its own path: {musl_sysroot}" in screen
+    assert not (musl_sysroot / "usr/lib/evil").exists()
+    assert subprocess.run([work / "src" / "hi"], capture_output=True,
+                          text=True).stdout == "replayed\n"
