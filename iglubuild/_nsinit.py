@@ -1,7 +1,7 @@
 """PID 1 of a chroot sandbox: perform the mounts, start the phase, reap, exit.
 
 This file runs as a plain script (``python3 -I -S _nsinit.py SPEC``)
-under util-linux ``unshare --mount --pid [--net] --fork --kill-child``, so it
+under util-linux ``unshare --mount --pid --uts --ipc [--net] --fork --kill-child``, so it
 is the first process of fresh mount, PID and network namespaces. It imports
 nothing from iglubuild: it starts before any chroot and must be quick.
 
@@ -161,6 +161,10 @@ def main():
         do_mount(root, m)
     if spec.get("loopback"):
         loopback_up()
+    if spec.get("hostname"):
+        name = spec["hostname"].encode()
+        if _libc.sethostname(name, len(name)) != 0:
+            fail(f"sethostname: {os.strerror(ctypes.get_errno())}")
 
     child = os.fork()
     if child == 0:

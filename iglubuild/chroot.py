@@ -45,6 +45,9 @@ log = logging.getLogger("iglubuild.chroot")
 NSINIT = Path(__file__).with_name("_nsinit.py")
 SHELL = "/bin/sh"
 TERM_GRACE_SECONDS = 3.0
+# Builds see this host name, not the machine's: nothing the build embeds
+# (configure's `uname -n`, a build-info string) depends on where it ran.
+HOSTNAME = "iglubuild"
 
 
 def require_root(what: str) -> None:
@@ -137,7 +140,8 @@ def sandbox_argv(spec_file: Path, network: bool) -> list[str]:
     its --kill-child takes PID 1 and so the whole namespace with it.
     """
     unshare, setpriv = _host_tools()
-    ns = ["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
+    ns = ["--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
+          "--propagation", "private"]
     if not network:
         ns.insert(2, "--net")
     return [setpriv, "--pdeathsig", "KILL", "--", unshare, *ns,
@@ -166,6 +170,7 @@ def write_spec(
         "cwd": str(cwd),
         "env": dict(env),
         "loopback": not network,
+        "hostname": HOSTNAME,
     }
     # marshal: the init runs with the same interpreter and reads it without
     # importing json (which costs tens of ms per phase); --debug shows it as text.
@@ -174,7 +179,7 @@ def write_spec(
 
 def describe(mounts: Sequence[Mount], network: bool) -> str:
     """Human-readable sandbox, one mount a line (for --debug)."""
-    lines = ["namespaces: mount, pid" + ("" if network else ", net (loopback only)")]
+    lines = ["namespaces: mount, pid, uts, ipc" + ("" if network else ", net (loopback only)")]
     lines += ["  " + m.describe() for m in mounts]
     return "\n".join(lines)
 
@@ -233,7 +238,7 @@ class ChrootExecutor:
 
     def describe(self) -> str:
         return (f"chroot: build root {self._toolchain_id} at {self.root} (overlay, read-only); "
-                "namespaces mount, pid, net (loopback only)")
+                "namespaces mount, pid, uts, ipc, net (loopback only)")
 
     def check(self) -> None:
         require_root("the chroot executor")

@@ -189,10 +189,11 @@ def test_pid_namespace_and_no_leftover_processes(
     work.mkdir()
     marker = f"sleep 1234.{os.getpid()}"
     script = (f"cat /proc/1/cmdline | tr '\\0' ' '; echo; ({marker} &) ; echo started;"
-              "echo dev: $(ls /dev)")
+              "echo dev: $(ls /dev); echo host: $(cat /proc/sys/kernel/hostname)")
     rc, out = _run(executor, _job(work, script), tmp_path)
     assert rc == 0, out
     assert "_nsinit.py" in out  # PID 1 is our init, not the host's
+    assert "host: iglubuild" in out  # a UTS namespace: the machine's name does not leak
     assert "dev: fd full null ptmx pts random shm stderr stdin stdout tty urandom zero" in out
     time.sleep(0.2)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

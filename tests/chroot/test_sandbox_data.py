@@ -21,7 +21,7 @@ def test_mount_order_overlay_then_base_then_shallowest_binds() -> None:
     ro = [m for m in mounts if m.target == Path("/sys/root")]
     assert ro[0].readonly and "(ro)" in ro[0].describe()
     text = describe(mounts, network=False)
-    assert text.splitlines()[0] == "namespaces: mount, pid, net (loopback only)"
+    assert text.splitlines()[0] == "namespaces: mount, pid, uts, ipc, net (loopback only)"
     assert "  overlay: /r -> / [lowerdir=/r,upperdir=/s/upper,workdir=/s/work]" in text
 
 
