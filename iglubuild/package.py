@@ -64,7 +64,6 @@ class PackageInfo:
     backup: tuple[str, ...] = ()
     base: str = ""  # the recipe this (sub-)package came from
     signature: str = ""  # the build plan's input signature
-    build_date: int = DEFAULT_EPOCH
 
     @property
     def filename(self) -> str:
@@ -147,6 +146,7 @@ def split_tree(root: Path, subpackages: Mapping[str, Sequence[str]]) -> dict[str
     for rel in paths:
         if is_dir[rel] and owner[rel] == "" and not any(os.scandir(root / rel)):
             result[""].add(rel)
+            result[""].update(str(p) for p in PurePosixPath(rel).parents if str(p) != ".")
     return {k: sorted(v) for k, v in result.items()}
 
 
@@ -211,7 +211,7 @@ def iglupkg_metadata(info: PackageInfo, paths: Iterable[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def _pkginfo(info: PackageInfo, entries: Sequence[_Entry]) -> bytes:
+def _pkginfo(info: PackageInfo, entries: Sequence[_Entry], epoch: int) -> bytes:
     files = []
     for e in entries:
         item: dict[str, Any] = {"path": e.path, "type": e.kind}
@@ -235,7 +235,8 @@ def _pkginfo(info: PackageInfo, entries: Sequence[_Entry]) -> bytes:
         "deps": list(info.deps),
         "backup": list(info.backup),
         "signature": info.signature,
-        "build_date": info.build_date,
+        # SOURCE_DATE_EPOCH, not the wall clock: the same inputs give the same bytes.
+        "build_date": epoch,
         "installed_size": sum(e.size for e in entries),
         "files": files,
     }
@@ -259,7 +260,7 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
     entries[meta_rel] = _Entry(meta_rel, "file", 0o644, epoch, size=len(meta), data=meta,
                                sha256=hashlib.sha256(meta).hexdigest())
     ordered = [entries[k] for k in sorted(entries)]
-    pkginfo = _pkginfo(info, ordered)
+    pkginfo = _pkginfo(info, ordered, epoch)
     head = _Entry(PKGINFO, "file", 0o644, epoch, size=len(pkginfo), data=pkginfo)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,15 +341,17 @@ def pack_all(pkgdir: Path, main: PackageInfo, subpackages: Mapping[str, Sequence
 @contextlib.contextmanager
 def _open_tar(artifact: Path) -> Iterator[tarfile.TarFile]:
     try:
-        with artifact.open("rb") as raw:
-            dctx = zstandard.ZstdDecompressor()
-            with dctx.stream_reader(raw) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:
-                yield tar
+        raw = artifact.open("rb")
+    except FileNotFoundError as exc:
+        raise PackageError(f"{artifact}: no such package file") from exc
+    try:
+        with raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr, tarfile.open(
+            fileobj=zr, mode="r|"
+        ) as tar:
+            yield tar
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise PackageError(f"{artifact}: not a valid package ({exc})",
                            hint="delete it and build the package again") from exc
-    except FileNotFoundError as exc:
-        raise PackageError(f"{artifact}: no such package file") from exc
 
 
 def read_metadata(artifact: Path) -> dict[str, Any]:

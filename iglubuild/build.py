@@ -1,0 +1,396 @@
+"""Build one package: sources and deps in, artifacts out.
+
+For one recipe this stage makes a work folder, a fresh sysroot holding only
+the artifacts of the package's declared deps (an undeclared dependency must
+fail the build, not quietly use whatever happens to be installed), compiler
+wrappers that pin the target and that sysroot, then runs the phases
+prepare, build, check and package through an Executor, checks that nothing
+in pkgdir is linked against glibc, and packs the result (iglubuild.package).
+
+Each phase leaves a stamp in the work folder, so a failed build can be
+resumed (`from_phase`) and a rerun knows where it stands. A failed build
+keeps its work folder and log and names both; a successful one removes the
+work folder unless asked to keep it.
+
+Where sources come from is someone else's job: `build_package` calls one
+function, `prepare_source(lr, settings, dest) -> srcdir`, which by default
+unpacks the recipe's sources from the distfiles cache and applies its patches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from iglubuild.elf import find_glibc_linked
+from iglubuild.errors import BuildError, IglubuildError, UsageError
+from iglubuild.executor import Executor, PhaseJob
+from iglubuild.package import PackageInfo, install_artifact, pack_all, read_metadata
+from iglubuild.package import source_date_epoch as resolve_epoch
+from iglubuild.recipe import LoadedRecipe
+from iglubuild.run import DEFAULT_PATH, CommandError, base_env, describe_returncode, run
+from iglubuild.settings import Settings
+from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
+
+PHASES = ("unpack", "prepare", "build", "check", "package")
+SCRIPT_PHASES = PHASES[1:]
+TAIL_LINES = 30
+
+PrepareSource = Callable[[LoadedRecipe, Settings, Path], Path]
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    """The folders of one package's build; all under <build-dir>/work/<name>."""
+
+    work: Path
+    log: Path
+
+    @property
+    def src(self) -> Path:
+        return self.work / "src"
+
+    @property
+    def pkgdir(self) -> Path:
+        return self.work / "pkg"
+
+    @property
+    def sysroot(self) -> Path:
+        return self.work / "sysroot"
+
+    @property
+    def bindir(self) -> Path:
+        return self.work / "bin"
+
+    @property
+    def stamps(self) -> Path:
+        return self.work / "stamps"
+
+    @property
+    def home(self) -> Path:
+        return self.work / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.work / "tmp"
+
+    def stamp(self, phase: str) -> Path:
+        return self.stamps / phase
+
+
+def work_paths(settings: Settings, name: str) -> WorkPaths:
+    return WorkPaths(settings.work_dir / name, settings.logs_dir / f"{name}.log")
+
+
+class PhaseFailed(BuildError):
+    """A phase of a package failed; carries the log tail and where to look."""
+
+    def __init__(self, package: str, phase: str, reason: str, paths: WorkPaths,
+                 tail: list[str]) -> None:
+        super().__init__(
+            f"{package}: {phase} failed ({reason})",
+            hint=f"log: {paths.log}; work folder kept: {paths.work}",
+        )
+        self.package = package
+        self.phase = phase
+        self.log_path = paths.log
+        self.work_dir = paths.work
+        self.tail = tail
+
+    def lines(self) -> list[str]:
+        return [
+            self.message,
+            f"last {len(self.tail)} lines of {self.log_path}:",
+            *(f"  | {line}" for line in self.tail),
+            f"log: {self.log_path}",
+            f"work folder: {self.work_dir}",
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def sysroot_packages(lr: LoadedRecipe, target: Target) -> list[str]:
+    """The packages whose artifacts make up this recipe's sysroot.
+
+    The C library (from the target definition) plus deps and makedeps,
+    sub-packages included as named (`zlib-dev`). Nothing else.
+    """
+    r = lr.recipe
+    names = [*target.implicit_deps_for(r.name), *r.deps, *r.makedeps]
+    return list(dict.fromkeys(names))
+
+
+def build_package(
+    lr: LoadedRecipe,
+    settings: Settings,
+    executor: Executor,
+    dep_artifacts: Sequence[Path],
+    signature: str,
+    *,
+    target: Target | None = None,
+    from_phase: str | None = None,
+    keep_work: bool = False,
+    jobs: int | None = None,
+    epoch: int | None = None,
+    prepare_source: PrepareSource | None = None,
+) -> list[Path]:
+    """Build `lr` and return its artifacts (main package first, then sub-packages).
+
+    `dep_artifacts` are the artifacts of `sysroot_packages(lr, target)`, found
+    by the scheduler; an artifact of any other package is refused.
+    `signature` is the input signature recorded in the metadata and in the
+    work folder (a work folder from other inputs is discarded). `from_phase`
+    resumes a kept work folder at that phase; `jobs` is the make -j of this
+    package; `epoch` is SOURCE_DATE_EPOCH.
+    """
+    target = target or load_target()
+    recipe = lr.recipe
+    paths = work_paths(settings, recipe.name)
+    epoch = resolve_epoch(epoch)
+    jobs = jobs or os.cpu_count() or 1
+    if "no-parallel" in recipe.options:
+        jobs = 1
+    if from_phase is not None and from_phase not in PHASES:
+        raise UsageError(f"unknown phase {from_phase!r}", hint="phases: " + ", ".join(PHASES))
+
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    with paths.log.open("ab") as log:
+        _note(log, f"{recipe.name} {recipe.version}-r{recipe.release}: build starts "
+                   f"(signature {signature[:16] or '-'}, executor {executor.name})")
+        current = "setup"
+        try:
+            _prepare_work(paths, signature, from_phase)
+            current = "sysroot"
+            _make_sysroot(lr, target, dep_artifacts, paths, log)
+            env = phase_env(lr, target, paths, jobs, epoch)
+            current = "unpack"
+            srcdir = _unpack(lr, settings, paths, prepare_source or local_prepare_source, log)
+            env["srcdir"] = str(srcdir)
+            for phase in SCRIPT_PHASES:
+                current = phase
+                _run_phase(lr, phase, executor, env, srcdir, paths, log)
+            current = "glibc check"
+            _check_no_glibc(recipe.name, paths, log)
+            current = "pack"
+            info = PackageInfo(
+                name=recipe.name, version=recipe.version, release=recipe.release,
+                arch=target.arch, description=recipe.description, license=recipe.license,
+                homepage=recipe.homepage, deps=tuple(recipe.deps), backup=tuple(recipe.backup),
+                base=recipe.name, signature=signature,
+            )
+            artifacts = pack_all(paths.pkgdir, info, recipe.subpackages,
+                                 settings.packages_dir(target.arch), epoch)
+        except PhaseFailed:
+            raise
+        except IglubuildError as exc:
+            _note(log, f"{current} failed: {exc.message}")
+            raise _failure(recipe.name, current, exc.message, paths) from exc
+        except OSError as exc:
+            _note(log, f"{current} failed: {exc}")
+            raise _failure(recipe.name, current, str(exc), paths) from exc
+        for artifact in artifacts:
+            _note(log, f"wrote {artifact}")
+        _note(log, "build done")
+    if not keep_work:
+        shutil.rmtree(paths.work, ignore_errors=True)
+    return artifacts
+
+
+def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
+              epoch: int) -> dict[str, str]:
+    """The whitelisted environment every phase of this package sees.
+
+    The variables Iglunix scripts use, compilers that are wrappers pinning
+    the target and this package's sysroot, pkg-config confined to the
+    sysroot, and HOME/TMPDIR inside the work folder.
+    """
+    r = lr.recipe
+    env = base_env({
+        "PATH": f"{paths.bindir}:{DEFAULT_PATH}",
+        "HOME": str(paths.home),
+        "TMPDIR": str(paths.tmp),
+        "pkgname": r.name,
+        "pkgver": r.version,
+        "pkgrel": str(r.release),
+        "pkgdir": str(paths.pkgdir),
+        "srcdir": str(paths.src),
+        "ARCH": target.arch,
+        "TRIPLE": target.triple,
+        "HOST_TRIPLE": host_triple(),
+        "JOBS": str(jobs),
+        "MAKEFLAGS": f"-j{jobs}",
+        "CFLAGS": target.cflags,
+        "CXXFLAGS": target.cxxflags,
+        "LDFLAGS": target.ldflags,
+        "SOURCE_DATE_EPOCH": str(epoch),
+    })
+    env.update(write_wrappers(target, paths.sysroot, paths.bindir))
+    env.update(sysroot_env(paths.sysroot))
+    return env
+
+
+def local_prepare_source(lr: LoadedRecipe, settings: Settings, dest: Path) -> Path:
+    """Unpack the recipe's sources into `dest`, apply its patches, return srcdir.
+
+    Archives come from the distfiles cache (already verified by fetch), files
+    from beside the recipe. srcdir is the archive's single top folder, as
+    with nearly every upstream tarball, else `dest` itself. This stands in
+    for the fetch stage's unpacker and keeps the same call.
+    """
+    srcdir: Path | None = None
+    for src in lr.recipe.sources:
+        name = src.display_name
+        origin = settings.distfiles_dir / name if src.url else lr.dir / (src.file or "")
+        if not origin.is_file():
+            raise BuildError(f"{lr.name}: source {name} not found at {origin}",
+                             hint=f"run `iglubuild fetch {lr.name}` first")
+        if _is_archive(name):
+            with tarfile.open(origin) as tar:
+                tops = {m.name.split("/", 1)[0] for m in tar.getmembers() if m.name.strip("./")}
+                tar.extractall(dest, filter="data")
+            if srcdir is None and len(tops) == 1 and (dest / next(iter(tops))).is_dir():
+                srcdir = dest / next(iter(tops))
+        else:
+            shutil.copy2(origin, dest / Path(name).name)
+    srcdir = srcdir or dest
+    for patch in lr.recipe.patches:
+        try:
+            run(["patch", "-p1", "--batch", "-i", str(lr.dir / patch)], cwd=srcdir, capture=True)
+        except CommandError as exc:
+            raise BuildError(f"{lr.name}: patch {patch} does not apply",
+                             hint=exc.output.strip().splitlines()[-1] if exc.output else None
+                             ) from exc
+    return srcdir
+
+
+def _is_archive(name: str) -> bool:
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _note(log: IO[bytes], text: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    log.write(f"==> [{stamp}] {text}\n".encode())
+    log.flush()
+
+
+def _prepare_work(paths: WorkPaths, signature: str, from_phase: str | None) -> None:
+    """Start fresh, or resume a kept work folder built from the same inputs.
+
+    Without `from_phase` a work folder is reused only if its signature
+    matches (then finished phases are skipped); with `from_phase` the user
+    asked to resume, so that phase and the ones after it run again.
+    """
+    sig_file = paths.work / "signature"
+    resumable = paths.stamp("unpack").exists()
+    if from_phase is None:
+        if resumable and sig_file.exists() and sig_file.read_text() == signature:
+            return
+        resumable = False
+    if not resumable:
+        shutil.rmtree(paths.work, ignore_errors=True)
+    for sub in (paths.stamps, paths.home, paths.tmp, paths.src):
+        sub.mkdir(parents=True, exist_ok=True)
+    sig_file.write_text(signature)
+    if from_phase is not None:
+        for phase in PHASES[PHASES.index(from_phase):]:
+            paths.stamp(phase).unlink(missing_ok=True)
+
+
+def _make_sysroot(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path],
+                  paths: WorkPaths, log: IO[bytes]) -> None:
+    """A fresh sysroot with exactly the declared deps, every time."""
+    allowed = set(sysroot_packages(lr, target))
+    shutil.rmtree(paths.sysroot, ignore_errors=True)
+    paths.sysroot.mkdir(parents=True)
+    for artifact in dep_artifacts:
+        name = read_metadata(artifact)["name"]
+        if name not in allowed:
+            raise BuildError(
+                f"{lr.name}: {name} is not a declared dependency",
+                hint="add it to deps or makedeps in the recipe",
+            )
+        install_artifact(artifact, paths.sysroot)
+        _note(log, f"sysroot: {artifact.name}")
+
+
+def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
+            prepare_source: PrepareSource, log: IO[bytes]) -> Path:
+    record = paths.work / "srcdir"
+    if paths.stamp("unpack").exists() and record.exists():
+        return Path(record.read_text())
+    shutil.rmtree(paths.src, ignore_errors=True)
+    paths.src.mkdir(parents=True)
+    t0 = time.monotonic()
+    srcdir = prepare_source(lr, settings, paths.src)
+    record.write_text(str(srcdir))
+    paths.stamp("unpack").touch()
+    _note(log, f"unpack done in {time.monotonic() - t0:.1f}s: {srcdir}")
+    return srcdir
+
+
+def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, str],
+               srcdir: Path, paths: WorkPaths, log: IO[bytes]) -> None:
+    recipe = lr.recipe
+    if paths.stamp(phase).exists():
+        _note(log, f"{phase}: done before, skipped")
+        return
+    script = recipe.phases[phase]
+    if phase == "package":
+        # pkgdir always starts empty: a rerun must not keep files of an older try.
+        shutil.rmtree(paths.pkgdir, ignore_errors=True)
+        paths.pkgdir.mkdir(parents=True)
+    if phase == "check" and "no-check" in recipe.options:
+        _note(log, "check: skipped (no-check)")
+        script = None
+    if script:
+        _note(log, f"{phase} starts")
+        t0 = time.monotonic()
+        job = PhaseJob(
+            package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
+            writable=(paths.work,), readonly=(),
+        )
+        rc = executor.run_phase(job, log)
+        if rc != 0:
+            _note(log, f"{phase} failed: {describe_returncode(rc)}")
+            raise PhaseFailed(recipe.name, phase, describe_returncode(rc), paths,
+                              tail_of(paths.log))
+        _note(log, f"{phase} done in {time.monotonic() - t0:.1f}s")
+    paths.stamp(phase).touch()
+
+
+def _check_no_glibc(name: str, paths: WorkPaths, log: IO[bytes]) -> None:
+    bad = find_glibc_linked(paths.pkgdir)
+    if bad:
+        for rel, reason in bad:
+            _note(log, f"linked against glibc: {rel} ({reason})")
+        paths.stamp("package").unlink(missing_ok=True)
+        raise PhaseFailed(name, "package", f"{len(bad)} file(s) linked against glibc, "
+                          f"first {bad[0][0]}: {bad[0][1]}", paths, tail_of(paths.log))
+
+
+def _failure(name: str, phase: str, reason: str, paths: WorkPaths) -> PhaseFailed:
+    return PhaseFailed(name, phase, reason, paths, tail_of(paths.log))
+
+
+def tail_of(log: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last `lines` lines of a log (reads only its end)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:]
