@@ -13,6 +13,7 @@ C++ is out of reach for now: there is no libc++ built for musl yet, so
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -140,6 +141,7 @@ def write_wrappers(target: Target, sysroot: Path, bindir: Path) -> dict[str, str
     return env
 
 
+@functools.lru_cache(maxsize=64)
 def _tool_path(name: str) -> str:
     """Absolute path of a host tool (the wrappers shadow some names on PATH)."""
     found = which(name)

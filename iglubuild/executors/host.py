@@ -36,7 +36,7 @@ class HostExecutor:
     def __init__(self, target: Target | None = None, isolate_network: bool | None = None) -> None:
         self.target = target or load_target()
         if isolate_network is None:
-            isolate_network = os.geteuid() == 0 and which("unshare") is not None
+            isolate_network = _can_unshare_net()
         self.isolate_network = isolate_network
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
@@ -115,6 +115,15 @@ class HostExecutor:
             except subprocess.TimeoutExpired:
                 pass
             _kill_group(proc.pid, signal.SIGKILL)
+
+
+def _can_unshare_net() -> bool:
+    """Root alone is not enough (a container may forbid namespaces): try it once."""
+    if os.geteuid() != 0 or which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--net", "--", "true"], stdin=subprocess.DEVNULL,
+                           capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def _kill_group(pgid: int, sig: int) -> None:
