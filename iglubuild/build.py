@@ -96,7 +96,8 @@ class PhaseFailed(BuildError):
                  tail: list[str]) -> None:
         super().__init__(
             f"{package}: {phase} failed ({reason})",
-            hint=f"log: {paths.log}; work folder kept: {paths.work}",
+            hint=f"the work folder is kept; after a fix, resume with --from {phase}"
+            if phase in PHASES else f"see {paths.log}",
         )
         self.package = package
         self.phase = phase
@@ -234,7 +235,25 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
     })
     env.update(write_wrappers(target, paths.sysroot, paths.bindir))
     env.update(sysroot_env(paths.sysroot))
+    _write_iglunix_shims(paths.bindir, r.gnu)
     return env
+
+
+def _write_iglunix_shims(bindir: Path, gnu: Sequence[str]) -> None:
+    """`bad` and `gmake` as Iglunix's iglupkg defines them, for imported scripts.
+
+    Iglunix marks each use of a GNU tool with `bad --gmake gmake ...`; iglupkg
+    runs the command as is (`bad` drops its flag). `gmake` exists only when
+    the recipe lists it in `gnu`, so a recipe that does not say it needs GNU
+    make cannot reach it by that name.
+    """
+    shims = {"bad": 'shift\nexec "$@"\n'}
+    if "gmake" in gnu or "make" in gnu:
+        shims["gmake"] = 'exec make "$@"\n'
+    for name, body in shims.items():
+        path = bindir / name
+        path.write_text("#!/bin/sh\n" + body, encoding="utf-8")
+        path.chmod(0o755)
 
 
 def local_prepare_source(lr: LoadedRecipe, settings: Settings, dest: Path) -> Path:
@@ -358,7 +377,8 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
         t0 = time.monotonic()
         job = PhaseJob(
             package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
-            writable=(paths.work,), readonly=(),
+            # The sysroot lies inside the work folder; sandboxes mount it read-only on top.
+            writable=(paths.work,), readonly=(paths.sysroot,),
         )
         rc = executor.run_phase(job, log)
         if rc != 0:
