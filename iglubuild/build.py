@@ -240,20 +240,16 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
 
 
 def _write_iglunix_shims(bindir: Path, gnu: Sequence[str]) -> None:
-    """`bad` and `gmake` as Iglunix's iglupkg defines them, for imported scripts.
+    """`bad` as Iglunix's iglupkg defines it, for imported scripts.
 
     Iglunix marks each use of a GNU tool with `bad --gmake gmake ...`; iglupkg
-    runs the command as is (`bad` drops its flag). `gmake` exists only when
-    the recipe lists it in `gnu`, so a recipe that does not say it needs GNU
-    make cannot reach it by that name.
+    runs the command as is (`bad` drops its flag). Debian's make already
+    provides `gmake`. Which GNU tools a recipe needs is recorded in `gnu`; the
+    host executor cannot hide the others (a chroot without them can).
     """
-    shims = {"bad": 'shift\nexec "$@"\n'}
-    if "gmake" in gnu or "make" in gnu:
-        shims["gmake"] = 'exec make "$@"\n'
-    for name, body in shims.items():
-        path = bindir / name
-        path.write_text("#!/bin/sh\n" + body, encoding="utf-8")
-        path.chmod(0o755)
+    path = bindir / "bad"
+    path.write_text('#!/bin/sh\nshift\nexec "$@"\n', encoding="utf-8")
+    path.chmod(0o755)
 
 
 def local_prepare_source(lr: LoadedRecipe, settings: Settings, dest: Path) -> Path:
