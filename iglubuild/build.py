@@ -12,9 +12,10 @@ resumed (`from_phase`) and a rerun knows where it stands. A failed build
 keeps its work folder and log and names both; a successful one removes the
 work folder unless asked to keep it.
 
-Where sources come from is someone else's job: `build_package` calls one
-function, `prepare_source(lr, settings, dest) -> srcdir`, which by default
-unpacks the recipe's sources from the distfiles cache and applies its patches.
+Where sources come from is the fetch stage's job: `build_package` calls one
+function, `prepare_source(lr, settings, workdir) -> srcdir` (the tree under
+workdir/src), which unpacks the recipe's verified sources and applies its
+patches.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def build_package(
             _make_sysroot(lr, target, dep_artifacts, paths, log)
             env = phase_env(lr, target, paths, jobs, epoch)
             current = "unpack"
-            srcdir = _unpack(lr, settings, paths, prepare_source or local_prepare_source, log)
+            srcdir = _unpack(lr, settings, paths, prepare_source or default_prepare_source(), log)
             env["srcdir"] = str(srcdir)
             for phase in SCRIPT_PHASES:
                 current = phase
@@ -235,11 +236,11 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
     })
     env.update(write_wrappers(target, paths.sysroot, paths.bindir))
     env.update(sysroot_env(paths.sysroot))
-    _write_iglunix_shims(paths.bindir, r.gnu)
+    _write_iglunix_shims(paths.bindir)
     return env
 
 
-def _write_iglunix_shims(bindir: Path, gnu: Sequence[str]) -> None:
+def _write_iglunix_shims(bindir: Path) -> None:
     """`bad` as Iglunix's iglupkg defines it, for imported scripts.
 
     Iglunix marks each use of a GNU tool with `bad --gmake gmake ...`; iglupkg
@@ -252,18 +253,39 @@ def _write_iglunix_shims(bindir: Path, gnu: Sequence[str]) -> None:
     path.chmod(0o755)
 
 
-def local_prepare_source(lr: LoadedRecipe, settings: Settings, dest: Path) -> Path:
-    """Unpack the recipe's sources into `dest`, apply its patches, return srcdir.
+def default_prepare_source() -> PrepareSource:
+    """The fetch stage's `iglubuild.unpack.prepare_source` when present, else ours.
 
-    Archives come from the distfiles cache (already verified by fetch), files
-    from beside the recipe. srcdir is the archive's single top folder, as
-    with nearly every upstream tarball, else `dest` itself. This stands in
-    for the fetch stage's unpacker and keeps the same call.
+    Both have the same contract: (recipe, settings, workdir) -> srcdir, with
+    the tree under workdir/src. The local one below is the stand-in used
+    until the fetch stage's unpacker is merged.
     """
+    try:
+        from iglubuild.unpack import prepare_source  # type: ignore[import-not-found]
+    except ImportError:
+        return local_prepare_source
+    return prepare_source  # type: ignore[no-any-return]
+
+
+def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) -> Path:
+    """Unpack the recipe's sources into workdir/src, apply its patches, return srcdir.
+
+    Archives come from the distfiles cache by file name (or a file:// URL),
+    files from beside the recipe. srcdir is the first archive's single top
+    folder, as with nearly every upstream tarball, else workdir/src itself.
+    """
+    dest = workdir / "src"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     srcdir: Path | None = None
     for src in lr.recipe.sources:
         name = src.display_name
-        origin = settings.distfiles_dir / name if src.url else lr.dir / (src.file or "")
+        if src.url and src.url.startswith("file://"):
+            origin = Path(src.url[len("file://"):])
+        elif src.url:
+            origin = settings.distfiles_dir / name
+        else:
+            origin = lr.dir / (src.file or "")
         if not origin.is_file():
             raise BuildError(f"{lr.name}: source {name} not found at {origin}",
                              hint=f"run `iglubuild fetch {lr.name}` first")
@@ -314,7 +336,7 @@ def _prepare_work(paths: WorkPaths, signature: str, from_phase: str | None) -> N
         resumable = False
     if not resumable:
         shutil.rmtree(paths.work, ignore_errors=True)
-    for sub in (paths.stamps, paths.home, paths.tmp, paths.src):
+    for sub in (paths.stamps, paths.home, paths.tmp):
         sub.mkdir(parents=True, exist_ok=True)
     sig_file.write_text(signature)
     if from_phase is not None:
@@ -344,10 +366,8 @@ def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
     record = paths.work / "srcdir"
     if paths.stamp("unpack").exists() and record.exists():
         return Path(record.read_text())
-    shutil.rmtree(paths.src, ignore_errors=True)
-    paths.src.mkdir(parents=True)
     t0 = time.monotonic()
-    srcdir = prepare_source(lr, settings, paths.src)
+    srcdir = prepare_source(lr, settings, paths.work)
     record.write_text(str(srcdir))
     paths.stamp("unpack").touch()
     _note(log, f"unpack done in {time.monotonic() - t0:.1f}s: {srcdir}")

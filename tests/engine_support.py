@@ -62,7 +62,9 @@ def musl_recipe_text() -> str:
 
     Like Iglunix's linux/musl/build.sh, libc.so becomes the dynamic loader
     lib/ld-musl-x86_64.so.1 and usr/lib/libc.so points at it. The checksum
-    is computed from the real tarball, never typed.
+    is computed from the real tarball, never typed. The source is the
+    shared upstream tarball by file:// URL (the real recipe names
+    https://musl.libc.org/releases/musl-{version}.tar.gz).
     """
     return textwrap.dedent(f"""\
         name: musl
@@ -72,7 +74,7 @@ def musl_recipe_text() -> str:
         license: MIT
         homepage: https://musl.libc.org/
         sources:
-          - url: https://musl.libc.org/releases/musl-{{version}}.tar.gz
+          - url: file://{MUSL_TARBALL}
             sha256: {sha256_of(MUSL_TARBALL)}
         options: [no-check]
         build: |
