@@ -270,8 +270,9 @@ def default_prepare_source() -> PrepareSource:
 def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) -> Path:
     """Unpack the recipe's sources into workdir/src, apply its patches, return srcdir.
 
-    Archives come from the distfiles cache by file name (or a file:// URL),
-    files from beside the recipe. srcdir is the first archive's single top
+    URL sources come from the distfiles cache by file name (or a file:// URL)
+    and archives among them are unpacked; `file:` sources from beside the
+    recipe are copied as they are. srcdir is the first archive's single top
     folder, as with nearly every upstream tarball, else workdir/src itself.
     """
     dest = workdir / "src"
@@ -289,7 +290,7 @@ def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) ->
         if not origin.is_file():
             raise BuildError(f"{lr.name}: source {name} not found at {origin}",
                              hint=f"run `iglubuild fetch {lr.name}` first")
-        if _is_archive(name):
+        if src.url and _is_archive(name):
             with tarfile.open(origin) as tar:
                 tops = {m.name.split("/", 1)[0] for m in tar.getmembers() if m.name.strip("./")}
                 tar.extractall(dest, filter="data")

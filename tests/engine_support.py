@@ -42,10 +42,14 @@ def write_recipe(root: Path, name: str, body: str, files: dict[str, str] | None 
     """recipes/<repo>/<name>/recipe.yaml, plus `<name>.tar.gz` holding `files` if given."""
     folder = root / repo / name
     folder.mkdir(parents=True, exist_ok=True)
+    text = textwrap.dedent(body).lstrip("\n")
     if files is not None:
-        write_tarball(folder / f"{name}.tar.gz", f"{name}-1.0", files)
+        # A local archive is a file:// URL: used in place, unpacked like a
+        # download (`file:` sources are copied beside srcdir, never unpacked).
+        tarball = write_tarball(folder / f"{name}.tar.gz", f"{name}-1.0", files)
+        text = text.replace("TARBALL_URL", f"file://{tarball}")
     path = folder / "recipe.yaml"
-    path.write_text(textwrap.dedent(body).lstrip("\n"))
+    path.write_text(text)
     return path
 
 
@@ -61,10 +65,10 @@ def musl_recipe_text() -> str:
     """musl as the first package: needs only `clang --target`, no sysroot.
 
     Like Iglunix's linux/musl/build.sh, libc.so becomes the dynamic loader
-    lib/ld-musl-x86_64.so.1 and usr/lib/libc.so points at it. The checksum
-    is computed from the real tarball, never typed. The source is the
-    shared upstream tarball by file:// URL (the real recipe names
-    https://musl.libc.org/releases/musl-{version}.tar.gz).
+    lib/ld-musl-x86_64.so.1 and usr/lib/libc.so points at it. The source is
+    the shared upstream tarball by file:// URL, used in place (the real
+    recipe names https://musl.libc.org/releases/musl-{version}.tar.gz with
+    its sha256).
     """
     return textwrap.dedent(f"""\
         name: musl
@@ -75,7 +79,6 @@ def musl_recipe_text() -> str:
         homepage: https://musl.libc.org/
         sources:
           - url: file://{MUSL_TARBALL}
-            sha256: {sha256_of(MUSL_TARBALL)}
         options: [no-check]
         build: |
           ./configure --prefix=/usr --target=$TRIPLE --disable-wrapper \\

@@ -200,17 +200,18 @@ def test_stamps_resume_and_from_phase(env: Env) -> None:
     with pytest.raises(PhaseFailed) as info:
         env.build("resumable", signature="A")
     assert info.value.phase == "package" and paths.stamp("build").exists()
-    (paths.src / "allow").touch()
+    srcdir = Path((paths.work / "srcdir").read_text())
+    (srcdir / "allow").touch()
     # Same inputs: the finished build phase is not run again.
     env.build("resumable", signature="A", keep_work=True)
-    assert (paths.src / "build-count").read_text() == "built\n"
+    assert (srcdir / "build-count").read_text() == "built\n"
     # --from build: build runs again on the kept work folder.
     env.build("resumable", signature="A", keep_work=True, from_phase="build")
-    assert (paths.src / "build-count").read_text() == "built\nbuilt\n"
+    assert (srcdir / "build-count").read_text() == "built\nbuilt\n"
     # Other inputs: the old work folder is thrown away and everything reruns.
     with pytest.raises(PhaseFailed):
         env.build("resumable", signature="B")
-    assert (paths.src / "build-count").read_text() == "built\n"
+    assert (srcdir / "build-count").read_text() == "built\n"
     with pytest.raises(UsageError, match="unknown phase"):
         env.build("resumable", from_phase="compile")
 
@@ -220,7 +221,7 @@ def test_sources_and_patches_are_unpacked(env: Env) -> None:
         name: patched
         version: "1.0"
         sources:
-          - file: patched.tar.gz
+          - url: TARBALL_URL
           - file: extra.txt
         patches: [fix.patch]
         package: |
@@ -275,7 +276,7 @@ LIBANSWER = """
     version: "1.0"
     license: MIT
     sources:
-      - file: libanswer.tar.gz
+      - url: TARBALL_URL
     build: |
       $CC $CFLAGS -c answer.c -o answer.o
       $AR rcs libanswer.a answer.o
@@ -294,7 +295,7 @@ LIBHELLO = """
     description: says hello
     license: MIT
     sources:
-      - file: libhello.tar.gz
+      - url: TARBALL_URL
     build: |
       $CC $CFLAGS -fPIC -c hello.c -o hello.o
       $CC $LDFLAGS -shared -Wl,-soname,libhello.so.1 -o libhello.so.1 hello.o
@@ -324,7 +325,7 @@ GREET = """
     deps: {deps}
     makedeps: {makedeps}
     sources:
-      - file: {name}.tar.gz
+      - url: TARBALL_URL
     build: |
       $CC $CFLAGS $(pkg-config --cflags hello) -o greet greet.c $LDFLAGS \\
         $(pkg-config --libs hello) -lanswer
