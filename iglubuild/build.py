@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from iglubuild.elf import find_glibc_linked
-from iglubuild.errors import BuildError, IglubuildError, UsageError
+from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
 from iglubuild.executor import Executor, PhaseJob
 from iglubuild.package import PackageInfo, install_artifact, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
@@ -190,8 +190,8 @@ def build_package(
             )
             artifacts = pack_all(paths.pkgdir, info, recipe.subpackages,
                                  settings.packages_dir(target.arch), epoch)
-        except PhaseFailed:
-            raise
+        except (PhaseFailed, FetchError):
+            raise  # a source missing from the cache is a fetch problem (exit 3), said as is
         except IglubuildError as exc:
             _note(log, f"{current} failed: {exc.message}")
             raise _failure(recipe.name, current, exc.message, paths) from exc
@@ -288,7 +288,7 @@ def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) ->
         else:
             origin = lr.dir / (src.file or "")
         if not origin.is_file():
-            raise BuildError(f"{lr.name}: source {name} not found at {origin}",
+            raise FetchError(f"{lr.name}: source {name} not found at {origin}",
                              hint=f"run `iglubuild fetch {lr.name}` first")
         if src.url and _is_archive(name):
             with tarfile.open(origin) as tar:

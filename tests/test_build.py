@@ -20,7 +20,7 @@ import pytest
 
 from iglubuild.build import PhaseFailed, build_package, sysroot_packages, work_paths
 from iglubuild.elf import read_elf
-from iglubuild.errors import BuildError, UsageError
+from iglubuild.errors import BuildError, FetchError, UsageError
 from iglubuild.executors.host import HostExecutor
 from iglubuild.package import install_artifact, read_metadata
 from iglubuild.recipe import load_tree
@@ -237,6 +237,18 @@ def test_sources_and_patches_are_unpacked(env: Env) -> None:
     pkgdir = work_paths(env.settings, "patched").pkgdir
     assert (pkgdir / "usr/share/msg.txt").read_text() == "hello, patched\n"
     assert (pkgdir / "usr/share/extra.txt").read_text() == "extra\n"
+
+
+def test_missing_source_is_a_fetch_error(env: Env) -> None:
+    write_recipe(env.recipes, "nosource", """
+        name: nosource
+        version: "1"
+        sources:
+          - url: file:///nonexistent/nosource-1.tar.gz
+        """)
+    with pytest.raises(FetchError, match="nosource-1.tar.gz") as info:
+        env.build("nosource")
+    assert info.value.exit_code == 3
 
 
 # ---------------------------------------------------------------- slow: real C for musl
