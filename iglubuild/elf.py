@@ -9,6 +9,8 @@ per file) and free of binutils.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +56,21 @@ def is_elf(path: Path) -> bool:
 
 def read_elf(path: Path) -> ElfInfo | None:
     """Interpreter and NEEDED entries of `path`; None if it is not a readable ELF file."""
+    # mmap, not read: only the headers and the dynamic section are touched,
+    # which matters for the 100 MB binaries of big packages.
     try:
-        data = path.read_bytes()
-    except OSError:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size < 52:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                if data[:4] != ELF_MAGIC:
+                    return None
+                return _parse(data)
+    except (OSError, ValueError):
         return None
-    if data[:4] != ELF_MAGIC or len(data) < 52:
-        return None
+
+
+def _parse(data: mmap.mmap) -> ElfInfo | None:
     is64 = data[4] == 2
     endian = "<" if data[5] == 1 else ">"
     try:
@@ -95,7 +106,7 @@ def read_elf(path: Path) -> ElfInfo | None:
         return None  # truncated or not really ELF: not something a loader would run
 
 
-def _needed(data: bytes, dynamic: tuple[int, int], loads: list[tuple[int, int, int]],
+def _needed(data: mmap.mmap, dynamic: tuple[int, int], loads: list[tuple[int, int, int]],
             is64: bool, endian: str) -> list[str]:
     fmt = endian + ("qQ" if is64 else "iI")
     size = struct.calcsize(fmt)
