@@ -25,7 +25,7 @@ import os
 import shutil
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -143,6 +143,8 @@ def build_package(
     jobs: int | None = None,
     epoch: int | None = None,
     prepare_source: PrepareSource | None = None,
+    launcher: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Build `lr` and return its artifacts (main package first, then sub-packages).
 
@@ -151,7 +153,11 @@ def build_package(
     `signature` is the input signature recorded in the metadata and in the
     work folder (a work folder from other inputs is discarded). `from_phase`
     resumes a kept work folder at that phase; `jobs` is the make -j of this
-    package; `epoch` is SOURCE_DATE_EPOCH.
+    package; `epoch` is SOURCE_DATE_EPOCH. `launcher` goes in front of
+    every compile (the distcc farm: `["distcc"]`, ignored for recipes with
+    the `no-distcc` option) and `extra_env` adds variables to the phase
+    environment (e.g. DISTCC_HOSTS); both come from the caller, never from
+    iglubuild's own environment.
     """
     target = target or load_target()
     recipe = lr.recipe
@@ -160,6 +166,8 @@ def build_package(
     jobs = jobs or os.cpu_count() or 1
     if "no-parallel" in recipe.options:
         jobs = 1
+    if "no-distcc" in recipe.options:
+        launcher = ()
     if from_phase is not None and from_phase not in PHASES:
         raise UsageError(f"unknown phase {from_phase!r}", hint="phases: " + ", ".join(PHASES))
 
@@ -172,7 +180,8 @@ def build_package(
             _prepare_work(paths, signature, from_phase)
             current = "sysroot"
             _make_sysroot(lr, target, dep_artifacts, paths, log)
-            env = phase_env(lr, target, paths, jobs, epoch)
+            env = phase_env(lr, target, paths, jobs, epoch, launcher)
+            env.update(extra_env or {})
             current = "unpack"
             srcdir = _unpack(lr, settings, paths, prepare_source or default_prepare_source(), log)
             env["srcdir"] = str(srcdir)
@@ -207,7 +216,7 @@ def build_package(
 
 
 def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
-              epoch: int) -> dict[str, str]:
+              epoch: int, launcher: Sequence[str] = ()) -> dict[str, str]:
     """The whitelisted environment every phase of this package sees.
 
     The variables Iglunix scripts use, compilers that are wrappers pinning
@@ -234,7 +243,7 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
         "LDFLAGS": target.ldflags,
         "SOURCE_DATE_EPOCH": str(epoch),
     })
-    env.update(write_wrappers(target, paths.sysroot, paths.bindir))
+    env.update(write_wrappers(target, paths.sysroot, paths.bindir, launcher))
     env.update(sysroot_env(paths.sysroot))
     _write_iglunix_shims(paths.bindir)
     return env

@@ -19,6 +19,7 @@ import os
 import platform
 import shlex
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,19 +110,23 @@ exec {driver} {flags} "$@"
 """
 
 
-def write_wrappers(target: Target, sysroot: Path, bindir: Path) -> dict[str, str]:
+def write_wrappers(target: Target, sysroot: Path, bindir: Path,
+                   launcher: Sequence[str] = ()) -> dict[str, str]:
     """Write compiler wrappers and tool links into `bindir`; return the env they imply.
 
     `<triple>-cc`, `<triple>-clang`, `cc`, `clang` run the C driver,
-    `<triple>-c++`, `c++`, `clang++` the C++ one; `<triple>-ar` etc. link to
+    `<triple>-c++`, `c++`, `clang++` the C++ one; `<triple>-ar` etc. run
     the LLVM tools (musl's Makefile calls `$(CROSS_COMPILE)ar`). `bindir`
-    goes first on the phase's PATH.
+    goes first on the phase's PATH. `launcher` (e.g. `distcc`) is put in
+    front of the compiler: preprocessing and linking stay local, where the
+    sysroot is, and only compiles travel.
     """
     bindir.mkdir(parents=True, exist_ok=True)
     flags = shlex.join(target.flags_for(sysroot))
+    prefix = shlex.join(launcher) + " " if launcher else ""
     # Absolute driver paths: the wrappers shadow `clang` on PATH themselves.
-    cc_text = _WRAPPER.format(driver=shlex.quote(_tool_path(target.cc)), flags=flags)
-    cxx_text = _WRAPPER.format(driver=shlex.quote(_tool_path(target.cxx)), flags=flags)
+    cc_text = _WRAPPER.format(driver=prefix + shlex.quote(_tool_path(target.cc)), flags=flags)
+    cxx_text = _WRAPPER.format(driver=prefix + shlex.quote(_tool_path(target.cxx)), flags=flags)
     t = target.triple
     for names, text in (
         ((f"{t}-cc", f"{t}-gcc", f"{t}-clang", "cc", "gcc", "clang"), cc_text),

@@ -156,6 +156,30 @@ def test_phase_environment_is_whitelisted_and_complete(env: Env,
     assert (paths.pkgdir / "bad.txt").read_text() == "shimmed\n"
 
 
+def test_launcher_wraps_compiles_unless_no_distcc(env: Env, tmp_path: Path) -> None:
+    """A real launcher script in front of clang, as distcc would be."""
+    launcher = tmp_path / "launch"
+    launcher.write_text('#!/bin/sh\necho "$@" >> "$LAUNCH_LOG"\nexec "$@"\n')
+    launcher.chmod(0o755)
+    log = tmp_path / "launch.log"
+    body = """
+        name: {name}
+        version: "1"
+        {options}
+        build: |
+          printf 'int f(void) {{ return 1; }}\\n' > f.c
+          $CC -c f.c -o f.o
+        """
+    write_recipe(env.recipes, "farmed", body.format(name="farmed", options=""))
+    write_recipe(env.recipes, "local", body.format(name="local", options="options: [no-distcc]"))
+    env.build("farmed", launcher=[str(launcher)], extra_env={"LAUNCH_LOG": str(log)})
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and calls[0].startswith("/usr/bin/clang --target=x86_64-linux-musl")
+    assert calls[0].endswith("-c f.c -o f.o")
+    env.build("local", launcher=[str(launcher)], extra_env={"LAUNCH_LOG": str(log)})
+    assert len(log.read_text().splitlines()) == 1  # no-distcc: the launcher was left out
+
+
 def test_glibc_linked_binary_fails_the_build(env: Env) -> None:
     write_recipe(env.recipes, "hostleak", """
         name: hostleak
