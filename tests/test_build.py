@@ -13,6 +13,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +266,59 @@ def test_sources_and_patches_are_unpacked(env: Env) -> None:
     pkgdir = work_paths(env.settings, "patched").pkgdir
     assert (pkgdir / "usr/share/msg.txt").read_text() == "hello, patched\n"
     assert (pkgdir / "usr/share/extra.txt").read_text() == "extra\n"
+
+
+def test_terminate_stops_a_running_build(env: Env) -> None:
+    write_recipe(env.recipes, "slowpoke", """
+        name: slowpoke
+        version: "1"
+        build: |
+          touch started
+          sleep 60
+        """)
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            env.build("slowpoke")
+        except BaseException as exc:  # noqa: B036 - handed to the test thread
+            errors.append(exc)
+
+    t = threading.Thread(target=runner)
+    t.start()
+    paths = work_paths(env.settings, "slowpoke")
+    deadline = time.monotonic() + 10
+    while not list(paths.src.rglob("started")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    env.executor.terminate()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], PhaseFailed)
+    assert "killed by SIGTERM" in errors[0].message and paths.work.is_dir()
+
+
+def test_parallel_builds_share_one_executor(env: Env) -> None:
+    for name in ("par-a", "par-b"):
+        write_recipe(env.recipes, name, f"""
+            name: {name}
+            version: "1"
+            build: |
+              sleep 1
+            package: |
+              mkdir -p "$pkgdir/usr/share"
+              echo {name} > "$pkgdir/usr/share/{name}"
+            """)
+    results: dict[str, list[Path]] = {}
+    start = time.monotonic()
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, env.build(n)))
+               for n in ("par-a", "par-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert time.monotonic() - start < 1.9  # the two one-second phases overlapped
+    assert packed(env) == ["par-a-1-r1.x86_64.tar.zst", "par-b-1-r1.x86_64.tar.zst"]
+    assert read_metadata(results["par-b"][0])["name"] == "par-b"
 
 
 def test_missing_source_is_a_fetch_error(env: Env) -> None:
