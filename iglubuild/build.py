@@ -28,14 +28,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
 from iglubuild.executor import Executor, PhaseJob
 from iglubuild.package import PackageInfo, install_artifact, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
-from iglubuild.recipe import LoadedRecipe
+from iglubuild.plan import StateStore
+from iglubuild.recipe import LoadedRecipe, RecipeTree
 from iglubuild.run import DEFAULT_PATH, CommandError, base_env, describe_returncode, run
 from iglubuild.settings import Settings
 from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
@@ -145,6 +146,7 @@ def build_package(
     prepare_source: PrepareSource | None = None,
     launcher: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
+    on_phase: Callable[[str, str], None] | None = None,
 ) -> list[Path]:
     """Build `lr` and return its artifacts (main package first, then sub-packages).
 
@@ -156,8 +158,9 @@ def build_package(
     package; `epoch` is SOURCE_DATE_EPOCH. `launcher` goes in front of
     every compile (the distcc farm: `["distcc"]`, ignored for recipes with
     the `no-distcc` option) and `extra_env` adds variables to the phase
-    environment (e.g. DISTCC_HOSTS); both come from the caller, never from
-    iglubuild's own environment.
+    environment (e.g. DISTCC_HOSTS, the jobserver's MAKEFLAGS); both come
+    from the caller, never from iglubuild's own environment. `on_phase(name,
+    phase)` is called as each step starts (progress display).
     """
     target = target or load_target()
     recipe = lr.recipe
@@ -176,21 +179,30 @@ def build_package(
         _note(log, f"{recipe.name} {recipe.version}-r{recipe.release}: build starts "
                    f"(signature {signature[:16] or '-'}, executor {executor.name})")
         current = "setup"
+
+        def step(name: str) -> str:
+            if on_phase is not None:
+                on_phase(recipe.name, name)
+            return name
+
         try:
             _prepare_work(paths, signature, from_phase)
-            current = "sysroot"
+            current = step("sysroot")
             _make_sysroot(lr, target, dep_artifacts, paths, log)
             env = phase_env(lr, target, paths, jobs, epoch, launcher)
             env.update(extra_env or {})
-            current = "unpack"
+            if "no-parallel" in recipe.options:
+                env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
+            current = step("unpack")
             srcdir = _unpack(lr, settings, paths, prepare_source or default_prepare_source(), log)
             env["srcdir"] = str(srcdir)
             for phase in SCRIPT_PHASES:
-                current = phase
+                # Progress hears only of phases that have something to run.
+                current = step(phase) if recipe.phases[phase] else phase
                 _run_phase(lr, phase, executor, env, srcdir, paths, log)
             current = "glibc check"
             _check_no_glibc(recipe.name, paths, log)
-            current = "pack"
+            current = step("pack")
             info = PackageInfo(
                 name=recipe.name, version=recipe.version, release=recipe.release,
                 arch=target.arch, description=recipe.description, license=recipe.license,
@@ -213,6 +225,69 @@ def build_package(
     if not keep_work:
         shutil.rmtree(paths.work, ignore_errors=True)
     return artifacts
+
+
+class Engine:
+    """The build stage as the scheduler sees it: `build_one(name) -> artifacts`.
+
+    Binds what is the same for every package of a run (settings, executor,
+    recipe tree, plan signatures, the shared jobserver) and finds each
+    package's dependency artifacts in the state records, which the scheduler
+    writes the moment a dependency finishes. For iglubuild.buildrun:
+
+        def make_builder(ctx: BuildContext) -> Builder:
+            engine = Engine(settings, executor, tree, ctx.plan,
+                            jobserver=ctx.jobserver, on_phase=ctx.on_phase)
+            return Builder(engine.build_one, [executor.terminate])
+    """
+
+    def __init__(self, settings: Settings, executor: Executor, tree: RecipeTree, plan: Any,
+                 *, jobserver: Any = None, on_phase: Callable[[str, str], None] | None = None,
+                 target: Target | None = None, keep_work: bool = False,
+                 from_phase: str | None = None, launcher: Sequence[str] = (),
+                 extra_env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.tree = tree
+        self.plan = plan
+        self.state = StateStore(settings.build_dir)
+        self.providers = tree.providers()
+        self.target = target or load_target()
+        self.on_phase = on_phase
+        self.keep_work = keep_work
+        self.from_phase = from_phase
+        self.launcher = tuple(launcher)
+        self.extra_env = dict(extra_env or {})
+        if jobserver is not None:
+            # make in every phase joins the run's one jobserver (see iglubuild.jobserver).
+            self.extra_env.update(jobserver.env())
+            if hasattr(executor, "pass_fds"):
+                executor.pass_fds = tuple(jobserver.pass_fds)
+
+    def dep_artifacts(self, lr: LoadedRecipe) -> list[Path]:
+        """The artifact of each package in this recipe's sysroot, from the state records."""
+        found = []
+        for package in sysroot_packages(lr, self.target):
+            recipe = self.providers.get(package, (package, None))[0]
+            artifact = self.state.artifact(package, recipe)
+            if artifact is None:
+                raise BuildError(
+                    f"{lr.name}: dependency {package} has no built artifact",
+                    hint=f"{recipe} must be built before {lr.name}; if it is the C library, "
+                         "the graph needs the implicit edges of toolchain/target.toml",
+                )
+            found.append(artifact)
+        return found
+
+    def build_one(self, name: str) -> list[Path]:
+        lr = self.tree.recipes[name]
+        return build_package(
+            lr, self.settings, self.executor, self.dep_artifacts(lr),
+            self.plan.packages[name].signature, target=self.target,
+            from_phase=self.from_phase, keep_work=self.keep_work,
+            jobs=self.settings.jobs, launcher=self.launcher, extra_env=self.extra_env,
+            on_phase=self.on_phase,
+        )
 
 
 def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,

@@ -33,8 +33,12 @@ class HostExecutor:
 
     name = "host"
 
-    def __init__(self, target: Target | None = None, isolate_network: bool | None = None) -> None:
+    def __init__(self, target: Target | None = None, isolate_network: bool | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.target = target or load_target()
+        # Descriptors every phase inherits: the shared make jobserver's pipe
+        # (iglubuild.jobserver); Popen closes all others.
+        self.pass_fds = pass_fds
         if isolate_network is None:
             isolate_network = _can_unshare_net()
         self.isolate_network = isolate_network
@@ -91,6 +95,7 @@ class HostExecutor:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=self.pass_fds,
         )
         with self._lock:
             self._running[proc.pid] = proc
