@@ -121,10 +121,12 @@ class PhaseFailed(BuildError):
 
 
 def sysroot_packages(lr: LoadedRecipe, target: Target) -> list[str]:
-    """The packages whose artifacts make up this recipe's sysroot.
+    """The packages this recipe declares for its sysroot.
 
     The C library (from the target definition) plus deps and makedeps,
-    sub-packages included as named (`zlib-dev`). Nothing else.
+    sub-packages included as named (`zlib-dev`). The sysroot also gets the
+    run-time deps these packages declare (their artifacts' metadata), and
+    nothing else.
     """
     r = lr.recipe
     names = [*target.implicit_deps_for(r.name), *r.deps, *r.makedeps]
@@ -265,9 +267,17 @@ class Engine:
                 executor.pass_fds = tuple(jobserver.pass_fds)
 
     def dep_artifacts(self, lr: LoadedRecipe) -> list[Path]:
-        """The artifact of each package in this recipe's sysroot, from the state records."""
-        found = []
-        for package in sysroot_packages(lr, self.target):
+        """The artifacts of this recipe's sysroot, from the state records.
+
+        The declared deps and makedeps, then the run-time deps those
+        artifacts declare in their metadata, transitively.
+        """
+        found: dict[str, Path] = {}
+        todo = list(sysroot_packages(lr, self.target))
+        while todo:
+            package = todo.pop(0)
+            if package in found:
+                continue
             recipe = self.providers.get(package, (package, None))[0]
             artifact = self.state.artifact(package, recipe)
             if artifact is None:
@@ -276,8 +286,9 @@ class Engine:
                     hint=f"{recipe} must be built before {lr.name}; if it is the C library, "
                          "the graph needs the implicit edges of toolchain/target.toml",
                 )
-            found.append(artifact)
-        return found
+            found[package] = artifact
+            todo.extend(read_metadata(artifact).get("deps", []))
+        return list(found.values())
 
     def build_one(self, name: str) -> list[Path]:
         lr = self.tree.recipes[name]
@@ -431,15 +442,27 @@ def _prepare_work(paths: WorkPaths, signature: str, from_phase: str | None) -> N
 
 def _make_sysroot(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path],
                   paths: WorkPaths, log: IO[bytes]) -> None:
-    """A fresh sysroot with exactly the declared deps, every time."""
-    allowed = set(sysroot_packages(lr, target))
+    """A fresh sysroot with exactly the declared deps (and what they need), every time.
+
+    Allowed are the recipe's deps and makedeps and, through the artifacts'
+    own metadata, their run-time deps (a library's headers may include its
+    deps' headers; `zlib-dev` brings `zlib`). Anything else is refused.
+    """
+    metas = {artifact: read_metadata(artifact) for artifact in dep_artifacts}
+    deps_of = {m["name"]: list(m.get("deps", [])) for m in metas.values()}
+    allowed: set[str] = set()
+    todo = list(sysroot_packages(lr, target))
+    while todo:
+        name = todo.pop()
+        if name not in allowed:
+            allowed.add(name)
+            todo.extend(deps_of.get(name, []))
     shutil.rmtree(paths.sysroot, ignore_errors=True)
     paths.sysroot.mkdir(parents=True)
-    for artifact in dep_artifacts:
-        name = read_metadata(artifact)["name"]
-        if name not in allowed:
+    for artifact, meta in metas.items():
+        if meta["name"] not in allowed:
             raise BuildError(
-                f"{lr.name}: {name} is not a declared dependency",
+                f"{lr.name}: {meta['name']} is not a declared dependency",
                 hint="add it to deps or makedeps in the recipe",
             )
         install_artifact(artifact, paths.sysroot)

@@ -54,6 +54,16 @@ def tree_with(recipes: Path) -> None:
           mkdir -p "$pkgdir/usr/share/top"
           cp got.h "$pkgdir/usr/share/top/"
         """)
+    # Declares only top: base comes along as top's run-time dep.
+    write_recipe(recipes, "leaf", """
+        name: leaf
+        version: "1"
+        makedeps: [top]
+        build: |
+          test -f "$SYSROOT/usr/share/top/got.h"
+          test -f "$SYSROOT/usr/lib/base.txt"
+          test ! -e "$SYSROOT/usr/include/base.h"
+        """)
     write_recipe(recipes, "bad", """
         name: bad
         version: "1"
@@ -98,6 +108,9 @@ def test_scheduler_builds_through_the_engine(tmp_path: Path) -> None:
     # Everything is up to date now: a second run builds nothing.
     code, err = run(settings, ["top"], executor)
     assert code == 0 and "nothing to do" in err
+    # The run-time deps of a declared dep are in the sysroot; dev packages are not.
+    code, err = run(settings, ["leaf"], executor)
+    assert code == 0, err
 
 
 def test_scheduler_reports_a_failed_package(tmp_path: Path) -> None:
