@@ -1,8 +1,9 @@
 """Build one package: sources and deps in, artifacts out.
 
-For one recipe this stage makes a work folder, a fresh sysroot holding only
+For one recipe this stage makes a work folder, takes a sysroot holding only
 the artifacts of the package's declared deps (an undeclared dependency must
-fail the build, not quietly use whatever happens to be installed), compiler
+fail the build, not quietly use whatever happens to be installed; see
+iglubuild.sysroot for how sysroots are shared between builds), compiler
 wrappers that pin the target and that sysroot, then runs the phases
 prepare, build, check and package through an Executor, checks that nothing
 in pkgdir is linked against glibc, and packs the result (iglubuild.package).
@@ -33,12 +34,13 @@ from typing import IO, Any
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
 from iglubuild.executor import Executor, PhaseJob
-from iglubuild.package import PackageInfo, install_artifact, pack_all, read_metadata
+from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
 from iglubuild.recipe import LoadedRecipe, RecipeTree
 from iglubuild.run import DEFAULT_PATH, CommandError, base_env, describe_returncode, run
 from iglubuild.settings import Settings
+from iglubuild.sysroot import SysrootCache, check_untouched
 from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
 
 PHASES = ("unpack", "prepare", "build", "check", "package")
@@ -62,10 +64,6 @@ class WorkPaths:
     @property
     def pkgdir(self) -> Path:
         return self.work / "pkg"
-
-    @property
-    def sysroot(self) -> Path:
-        return self.work / "sysroot"
 
     @property
     def bindir(self) -> Path:
@@ -149,6 +147,7 @@ def build_package(
     launcher: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
     on_phase: Callable[[str, str], None] | None = None,
+    sysroots: SysrootCache | None = None,
 ) -> list[Path]:
     """Build `lr` and return its artifacts (main package first, then sub-packages).
 
@@ -162,7 +161,8 @@ def build_package(
     the `no-distcc` option) and `extra_env` adds variables to the phase
     environment (e.g. DISTCC_HOSTS, the jobserver's MAKEFLAGS); both come
     from the caller, never from iglubuild's own environment. `on_phase(name,
-    phase)` is called as each step starts (progress display).
+    phase)` is called as each step starts (progress display). `sysroots`
+    is where sysroots are shared (default `<build-dir>/sysroots`).
     """
     target = target or load_target()
     recipe = lr.recipe
@@ -190,18 +190,23 @@ def build_package(
         try:
             _prepare_work(paths, signature, from_phase)
             current = step("sysroot")
-            _make_sysroot(lr, target, dep_artifacts, paths, log)
-            env = phase_env(lr, target, paths, jobs, epoch, launcher)
-            env.update(extra_env or {})
-            if "no-parallel" in recipe.options:
-                env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
-            current = step("unpack")
-            srcdir = _unpack(lr, settings, paths, prepare_source or default_prepare_source(), log)
-            env["srcdir"] = str(srcdir)
-            for phase in SCRIPT_PHASES:
-                # Progress hears only of phases that have something to run.
-                current = step(phase) if recipe.phases[phase] else phase
-                _run_phase(lr, phase, executor, env, srcdir, paths, log)
+            _check_declared(lr, target, dep_artifacts)
+            cache = sysroots or SysrootCache(settings.build_dir / "sysroots")
+            with cache.use(dep_artifacts, lambda text: _note(log, text)) as sysroot:
+                env = phase_env(lr, target, paths, sysroot.path, jobs, epoch, launcher)
+                env.update(extra_env or {})
+                if "no-parallel" in recipe.options:
+                    env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
+                current = step("unpack")
+                srcdir = _unpack(lr, settings, paths,
+                                 prepare_source or default_prepare_source(), log)
+                env["srcdir"] = str(srcdir)
+                for phase in SCRIPT_PHASES:
+                    # Progress hears only of phases that have something to run.
+                    current = step(phase) if recipe.phases[phase] else phase
+                    _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                current = "sysroot check"
+                check_untouched(sysroot, cache, recipe.name)
             current = "glibc check"
             _check_no_glibc(recipe.name, paths, log)
             current = step("pack")
@@ -301,7 +306,7 @@ class Engine:
         )
 
 
-def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
+def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, sysroot: Path, jobs: int,
               epoch: int, launcher: Sequence[str] = ()) -> dict[str, str]:
     """The whitelisted environment every phase of this package sees.
 
@@ -329,8 +334,8 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, jobs: int,
         "LDFLAGS": target.ldflags,
         "SOURCE_DATE_EPOCH": str(epoch),
     })
-    env.update(write_wrappers(target, paths.sysroot, paths.bindir, launcher))
-    env.update(sysroot_env(paths.sysroot))
+    env.update(write_wrappers(target, sysroot, paths.bindir, launcher))
+    env.update(sysroot_env(sysroot))
     _write_iglunix_shims(paths.bindir)
     return env
 
@@ -440,16 +445,15 @@ def _prepare_work(paths: WorkPaths, signature: str, from_phase: str | None) -> N
             paths.stamp(phase).unlink(missing_ok=True)
 
 
-def _make_sysroot(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path],
-                  paths: WorkPaths, log: IO[bytes]) -> None:
-    """A fresh sysroot with exactly the declared deps (and what they need), every time.
+def _check_declared(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path]) -> None:
+    """Refuse any artifact that is not a declared dep or one of their run-time deps.
 
     Allowed are the recipe's deps and makedeps and, through the artifacts'
     own metadata, their run-time deps (a library's headers may include its
-    deps' headers; `zlib-dev` brings `zlib`). Anything else is refused.
+    deps' headers; `zlib-dev` brings `zlib`).
     """
-    metas = {artifact: read_metadata(artifact) for artifact in dep_artifacts}
-    deps_of = {m["name"]: list(m.get("deps", [])) for m in metas.values()}
+    metas = [read_metadata(artifact) for artifact in dep_artifacts]
+    deps_of = {m["name"]: list(m.get("deps", [])) for m in metas}
     allowed: set[str] = set()
     todo = list(sysroot_packages(lr, target))
     while todo:
@@ -457,16 +461,12 @@ def _make_sysroot(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path
         if name not in allowed:
             allowed.add(name)
             todo.extend(deps_of.get(name, []))
-    shutil.rmtree(paths.sysroot, ignore_errors=True)
-    paths.sysroot.mkdir(parents=True)
-    for artifact, meta in metas.items():
+    for meta in metas:
         if meta["name"] not in allowed:
             raise BuildError(
                 f"{lr.name}: {meta['name']} is not a declared dependency",
                 hint="add it to deps or makedeps in the recipe",
             )
-        install_artifact(artifact, paths.sysroot)
-        _note(log, f"sysroot: {artifact.name}")
 
 
 def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
@@ -483,7 +483,7 @@ def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
 
 
 def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, str],
-               srcdir: Path, paths: WorkPaths, log: IO[bytes]) -> None:
+               srcdir: Path, paths: WorkPaths, sysroot: Path, log: IO[bytes]) -> None:
     recipe = lr.recipe
     if paths.stamp(phase).exists():
         _note(log, f"{phase}: done before, skipped")
@@ -501,8 +501,8 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
         t0 = time.monotonic()
         job = PhaseJob(
             package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
-            # The sysroot lies inside the work folder; sandboxes mount it read-only on top.
-            writable=(paths.work,), readonly=(paths.sysroot,),
+            # The sysroot is shared by builds with the same deps: read-only.
+            writable=(paths.work,), readonly=(sysroot,),
         )
         rc = executor.run_phase(job, log)
         if rc != 0:

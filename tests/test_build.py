@@ -146,12 +146,14 @@ def test_phase_environment_is_whitelisted_and_complete(env: Env,
     assert seen["pkgname"] == "envdump" and seen["pkgver"] == "0.1"
     assert seen["pkgdir"] == str(paths.pkgdir) and seen["JOBS"] == "3"
     assert seen["MAKEFLAGS"] == "-j3" and seen["TRIPLE"] == "x86_64-linux-musl"
-    assert seen["PKG_CONFIG_SYSROOT_DIR"] == str(paths.sysroot)
+    sysroot = seen["SYSROOT"]
+    assert Path(sysroot).parent == env.settings.build_dir / "sysroots"
+    assert seen["PKG_CONFIG_SYSROOT_DIR"] == sysroot
     assert seen["SOURCE_DATE_EPOCH"] == str(EPOCH)
     # `cc` is the wrapper pinning the target and this package's sysroot.
     assert (paths.pkgdir / "cc.txt").read_text().strip() == str(paths.bindir / "cc")
     wrapper = (paths.bindir / seen["CC"]).read_text()
-    assert f"--sysroot={paths.sysroot}" in wrapper and "--target=x86_64-linux-musl" in wrapper
+    assert f"--sysroot={sysroot}" in wrapper and "--target=x86_64-linux-musl" in wrapper
     assert "--unwindlib=none" in wrapper
     assert (paths.pkgdir / "pwd.txt").read_text().strip() == seen["srcdir"]
     # Iglunix's `bad --gmake CMD` runs CMD.
