@@ -13,7 +13,7 @@ zstd level, single-threaded. Everything is written to a temporary name and
 renamed, so a half-written artifact or index is never visible.
 
 The same module reads artifacts back: `read_metadata`, and `install_artifact`
-which extracts safely into a root (used for per-package sysroots and by the
+which extracts safely into a root (used for sysroots and by the
 image stage).
 """
 
@@ -29,7 +29,7 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -167,7 +167,6 @@ class _Entry:
     data: bytes | None = None
     target: str = ""
     sha256: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _hash_file(path: Path) -> str:
