@@ -21,6 +21,7 @@ by PID on every way out. The whole console goes to <build-dir>/logs/boot.log.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -125,12 +126,38 @@ def direct_boot_files(image: Path, work: Path) -> tuple[Path, str]:
 
 
 def pick_accel(accel: str = "auto") -> str:
-    """KVM when /dev/kvm is usable, else TCG (pure emulation)."""
+    """KVM when /dev/kvm exists and really runs guest code quickly, else TCG."""
     if accel not in ACCELS:
         raise UsageError(f"unknown accelerator {accel!r}", hint="auto, kvm or tcg")
     if accel != "auto":
         return accel
-    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+    return "kvm" if kvm_works() else "tcg"
+
+
+@functools.cache
+def kvm_works(limit: float = 3.0) -> bool:
+    """Probe KVM with a 512-byte boot sector that exits QEMU through isa-debug-exit.
+
+    /dev/kvm can exist and still be useless: in some nested setups QEMU aborts
+    setting an MSR with -cpu host, or guests crawl. A healthy host finishes
+    the probe in a fraction of a second.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    # mov al,0x10; out 0xf4,al (isa-debug-exit: QEMU exits with (0x10<<1)|1 = 33); hlt
+    code = bytes([0xB0, 0x10, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
+    with tempfile.TemporaryDirectory(prefix="iglubuild-kvm.") as tmp:
+        sector = Path(tmp) / "probe.img"
+        sector.write_bytes(code + bytes(510 - len(code)) + b"\x55\xaa")
+        try:
+            proc = run(["qemu-system-x86_64", "-machine", "pc,accel=kvm", "-cpu", "host",
+                        "-nodefaults", "-display", "none", "-no-reboot",
+                        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                        "-drive", f"file={sector},format=raw,if=ide"],
+                       check=False, capture=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return False
+    return proc.returncode == 33
 
 
 def qemu_argv(image: Path, firmware: str, accel: str, serial_socket: Path, work: Path,
@@ -232,11 +259,17 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 def _typed_command(cmd: str) -> str:
-    # The markers are split by quotes so the terminal's echo of this line does
-    # not look like the markers themselves.
+    """One line for the console's shell that frames `cmd`'s output with the markers.
+
+    The markers are split by quotes so the terminal's echo of this line (and
+    the line editor redrawing it) does not look like the markers themselves.
+    One line, because a shell redraws a second typed line in the middle of the
+    output; `eval` keeps a trailing comment in `cmd` from eating the end marker.
+    """
     b1, b2 = RUN_BEGIN[:-3], RUN_BEGIN[-3:]
     e1, e2 = RUN_END[:-3], RUN_END[-3:]
-    return f'echo "{b1}""{b2}"; {cmd}\recho "{e1}""{e2} status=$?"; exit\r'
+    quoted = "'" + cmd.replace("'", "'\\''") + "'"
+    return f'echo "{b1}""{b2}"; eval {quoted}; echo "{e1}""{e2} status=$?"; exit\r'
 
 
 def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 120,
