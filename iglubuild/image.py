@@ -303,9 +303,21 @@ def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
                 continue
             parent = _resolve_in_root(root, str(PurePosixPath(rel).parent))
             dest = parent / PurePosixPath(rel).name
+            if member.isdir() and dest.is_symlink():
+                # A directory over another package's link (lib -> usr/lib): its
+                # contents go through the link, resolved inside the root.
+                target = _resolve_in_root(root, rel)
+                if target.exists() and not target.is_dir():
+                    raise FileConflictError(
+                        f"package {artifact.name} installs directory /{rel} over a link "
+                        f"of {tree.owners.get(rel, '?')} to a file",
+                        hint="move the directory in one recipe")
+                target.mkdir(parents=True, exist_ok=True)
+                tree.dir_owners.setdefault(rel, artifact.name)
+                continue
             if member.isdir():
                 other = tree.owners.get(rel)
-                if other or (dest.exists() or dest.is_symlink()) and not dest.is_dir():
+                if other or dest.exists() and not dest.is_dir():
                     raise FileConflictError(
                         f"packages {other or '?'} and {artifact.name} both install /{rel}"
                         " (a file in one, a directory in the other)",
@@ -324,6 +336,9 @@ def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
                 tree.owners[rel] = artifact.name
             if as_root:
                 os.lchown(dest, member.uid, member.gid)
+                if member.isfile():
+                    # chown clears setuid/setgid bits; give them back.
+                    os.chmod(dest, stat.S_IMODE(member.mode))
             if not member.issym() and not member.isdir():
                 os.utime(dest, (member.mtime, member.mtime))
             tree.wanted_ids[rel] = (member.uid, member.gid)
