@@ -12,7 +12,8 @@ Two ways in:
   can ride on the kernel command line.
 
 The image's init prints BOOT_MARKER on the console. A command is run either
-through `iglubuild.run="..."` on the kernel command line (direct) or typed on
+through `iglubuild.run="..."` (or `iglubuild.runhex=` when it has double
+quotes) on the kernel command line (direct) or typed on
 the serial console once init reports its shell ready (uefi); either way its
 output is framed by RUN_BEGIN / RUN_END lines so it can be told apart from
 kernel messages and terminal echo. Then the guest powers off. QEMU is killed
@@ -46,6 +47,8 @@ SHELL_MARKER = "IGLUNIX SHELL READY"
 RUN_BEGIN = "IGLUNIX-RUN-BEGIN"
 RUN_END = "IGLUNIX-RUN-END"
 RUN_PARAM = "iglubuild.run"
+RUN_HEX_PARAM = "iglubuild.runhex"
+CMDLINE_MAX = 2048  # COMMAND_LINE_SIZE on x86
 FIRMWARES = ("uefi", "direct")
 ACCELS = ("auto", "kvm", "tcg")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
@@ -258,6 +261,17 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait()
 
 
+def command_param(command: str) -> str:
+    """The kernel parameter carrying `command` to init: readable when it can be.
+
+    The kernel's parser knows double quotes but no escapes, so a command with
+    a double quote travels hex-encoded instead.
+    """
+    if '"' in command:
+        return f"{RUN_HEX_PARAM}={command.encode().hex()}"
+    return f'{RUN_PARAM}="{command}"'
+
+
 def _typed_command(cmd: str) -> str:
     """One line for the console's shell that frames `cmd`'s output with the markers.
 
@@ -295,10 +309,10 @@ def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 1
         if firmware == "direct":
             kernel, cmdline = direct_boot_files(image, work)
             if command is not None:
-                if '"' in command:
-                    raise UsageError('a command with " cannot ride on the kernel command line',
+                cmdline += " " + command_param(command)
+                if len(cmdline) >= CMDLINE_MAX:
+                    raise UsageError("--run command too long for the kernel command line",
                                      hint="use --firmware uefi, which types it on the console")
-                cmdline += f' {RUN_PARAM}="{command}"'
         sock_path = work / "serial.sock"
         argv = qemu_argv(image, firmware, accel, sock_path, work, kernel, cmdline, memory_mb)
         with open(log_path, "wb") as log, open(work / "qemu.err", "wb") as qerr:

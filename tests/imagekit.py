@@ -13,6 +13,7 @@ Builds are cached by a key over their inputs so only the first run pays.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -128,43 +129,48 @@ def build_recipe_phases(recipe_dir: Path, work: Path, sysroot: Path, pkgdir: Pat
 
 
 def build_userland(cache: Path) -> dict[str, Path]:
-    """Artifacts musl, mksh and iglunix-base, built once per change of their inputs.
+    """Artifacts musl, mksh and iglunix-base, each rebuilt only when its inputs change.
 
     iglunix-base lists busybox among its deps; busybox needs kernel headers that
     nothing here builds yet, so its hand-made artifact depends on musl and mksh
     only. The lead swaps these artifacts for the build engine's.
     """
-    inputs = [Path(__file__).read_bytes()]
-    inputs += [p.read_bytes() for p in sorted(BASE_RECIPE.iterdir()) if p.is_file()]
-    key = _key(*inputs)
-    out = cache / f"userland-{key}"
-    if (out / "done").exists():
-        return {ARTIFACT_RE.match(p.name)["name"]: p for p in out.glob("*.tar.zst")}
-    if out.exists():
-        shutil.rmtree(out)
-    work = out / "work"
-    sysroot = work / "sysroot"
-    (work / "musl").mkdir(parents=True)
-    build_musl(work / "musl", sysroot)
-    musl_pkg = work / "musl-pkg"
-    # The run-time part of musl: the dynamic loader link and libc.so.
-    (musl_pkg / "lib").mkdir(parents=True)
-    (musl_pkg / "usr" / "lib").mkdir(parents=True)
-    shutil.copy2(sysroot / "usr/lib/libc.so", musl_pkg / "usr/lib/libc.so")
-    os.symlink("/usr/lib/libc.so", musl_pkg / "lib/ld-musl-x86_64.so.1")
-    (work / "mksh").mkdir()
-    build_mksh(work / "mksh", sysroot, work / "mksh-pkg")
-    recipe = build_recipe_phases(BASE_RECIPE, work / "base", sysroot, work / "base-pkg")
-    arts = {
-        "musl": pack_artifact(out, musl_pkg, "musl", "1.2.3"),
-        "mksh": pack_artifact(out, work / "mksh-pkg", "mksh", "R59c", deps=["musl"]),
-        "iglunix-base": pack_artifact(
-            out, work / "base-pkg", "iglunix-base", str(recipe["version"]),
-            deps=[d for d in recipe["deps"] if d != "busybox"]),
-    }
-    shutil.rmtree(work)
-    (out / "done").write_text("ok\n")
-    return arts
+    core_key = _key(MUSL.encode(), MKSH.encode(), inspect.getsource(build_musl).encode(),
+                    inspect.getsource(build_mksh).encode(),
+                    inspect.getsource(pack_artifact).encode())
+    core = cache / f"core-{core_key}"
+    if not (core / "done").exists():
+        if core.exists():
+            shutil.rmtree(core)
+        work = core / "work"
+        (work / "musl").mkdir(parents=True)
+        build_musl(work / "musl", core / "sysroot")
+        musl_pkg = work / "musl-pkg"
+        # The run-time part of musl: the dynamic loader link and libc.so.
+        (musl_pkg / "lib").mkdir(parents=True)
+        (musl_pkg / "usr" / "lib").mkdir(parents=True)
+        shutil.copy2(core / "sysroot/usr/lib/libc.so", musl_pkg / "usr/lib/libc.so")
+        os.symlink("/usr/lib/libc.so", musl_pkg / "lib/ld-musl-x86_64.so.1")
+        pack_artifact(core, musl_pkg, "musl", "1.2.3")
+        (work / "mksh").mkdir()
+        build_mksh(work / "mksh", core / "sysroot", work / "mksh-pkg")
+        pack_artifact(core, work / "mksh-pkg", "mksh", "R59c", deps=["musl"])
+        shutil.rmtree(work)
+        (core / "done").write_text("ok\n")
+    base_key = _key(core_key.encode(), inspect.getsource(build_recipe_phases).encode(),
+                    *[p.read_bytes() for p in sorted(BASE_RECIPE.iterdir()) if p.is_file()])
+    base = cache / f"base-{base_key}"
+    if not (base / "done").exists():
+        if base.exists():
+            shutil.rmtree(base)
+        work = base / "work"
+        recipe = build_recipe_phases(BASE_RECIPE, work, core / "sysroot", work / "pkg")
+        pack_artifact(base, work / "pkg", "iglunix-base", str(recipe["version"]),
+                      deps=[d for d in recipe["deps"] if d != "busybox"])
+        shutil.rmtree(work)
+        (base / "done").write_text("ok\n")
+    found = [*core.glob("*.tar.zst"), *base.glob("*.tar.zst")]
+    return {ARTIFACT_RE.match(p.name)["name"]: p for p in found}
 
 
 def debian_kernel(cache: Path) -> Path:

@@ -5,7 +5,8 @@
  * devtmpfs by itself, so the console is reopened once /dev exists), sets the
  * host name, prints the boot marker that `iglubuild boot` waits for, then
  * either runs the command given as iglubuild.run="..." on the kernel command
- * line or starts a shell on the console. When that finishes, or when it gets
+ * line (or iglubuild.runhex=HEX, for commands with quotes in them) or starts
+ * a shell on the console. When that finishes, or when it gets
  * SIGUSR2 (busybox poweroff) / SIGTERM (reboot), it syncs and powers off.
  * Only libc is used, so it builds without kernel headers.
  */
@@ -26,6 +27,7 @@
 #define RUN_BEGIN "IGLUNIX-RUN-BEGIN"
 #define RUN_END "IGLUNIX-RUN-END"
 #define RUN_PARAM "iglubuild.run="
+#define RUN_HEX_PARAM "iglubuild.runhex="
 
 static volatile sig_atomic_t stop_how;
 
@@ -64,11 +66,37 @@ static void set_hostname(void)
 	fclose(f);
 }
 
-/* The command from iglubuild.run="..." (or iglubuild.run=word), or NULL. */
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Find `param` at the start of a word in `line`; return its value or NULL. */
+static char *param_value(char *line, const char *param)
+{
+	char *p;
+	for (p = line; (p = strstr(p, param)); p++)
+		if (p == line || p[-1] == ' ')
+			return p + strlen(param);
+	return NULL;
+}
+
+/*
+ * The command from iglubuild.run="..." (or iglubuild.run=word) or from
+ * iglubuild.runhex=HEX (each byte as two hex digits), or NULL.
+ */
 static char *run_command(void)
 {
 	static char line[4096];
+	static char decoded[2048];
 	char *p, *end;
+	size_t n = 0;
 	FILE *f = fopen("/proc/cmdline", "r");
 	if (!f)
 		return NULL;
@@ -77,10 +105,15 @@ static char *run_command(void)
 		return NULL;
 	}
 	fclose(f);
-	for (p = line; (p = strstr(p, RUN_PARAM)); p++) {
-		if (p != line && p[-1] != ' ')
-			continue;
-		p += strlen(RUN_PARAM);
+	if ((p = param_value(line, RUN_HEX_PARAM))) {
+		while (n + 1 < sizeof decoded && hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
+			decoded[n++] = (char)(hexval(p[0]) * 16 + hexval(p[1]));
+			p += 2;
+		}
+		decoded[n] = 0;
+		return decoded;
+	}
+	if ((p = param_value(line, RUN_PARAM))) {
 		if (*p == '"') {
 			p++;
 			end = strchr(p, '"');
