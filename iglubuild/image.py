@@ -129,6 +129,14 @@ def _dep_list(value: object) -> tuple[str, ...]:
     raise UsageError(f"bad deps in package metadata: {value!r}", hint="expected a list of names")
 
 
+def _metadata_deps(meta: dict[str, object]) -> tuple[str, ...]:
+    # The engine's key for run-time deps; older spellings accepted.
+    for key in ("deps", "depends", "runtime_deps"):
+        if key in meta:
+            return _dep_list(meta[key])
+    return ()
+
+
 def read_metadata(artifact: Artifact) -> dict[str, object]:
     """The metadata the build engine stores in the artifact as usr/share/iglupkg/<name>."""
     wanted = f"{DB_DIR}/{artifact.name}"
@@ -189,8 +197,9 @@ def _index_deps(index: Path) -> dict[str, tuple[str, ...]]:
                    if isinstance(v, dict)]
     deps: dict[str, tuple[str, ...]] = {}
     for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and "name" in entry and "deps" in entry:
-            deps[str(entry["name"])] = _dep_list(entry["deps"])
+        if isinstance(entry, dict) and "name" in entry and (
+                {"deps", "depends", "runtime_deps"} & set(entry)):
+            deps[str(entry["name"])] = _metadata_deps(entry)
     return deps
 
 
@@ -214,7 +223,7 @@ def runtime_closure(names: Sequence[str], artifacts: dict[str, Artifact]) -> lis
             raise UsageError(f"package {name}{why} has no built artifact",
                              hint=f"build it first: iglubuild pkg {name}")
         state[name] = "active"
-        deps = art.deps or _dep_list(read_metadata(art).get("deps"))
+        deps = art.deps or _metadata_deps(read_metadata(art))
         for dep in sorted(deps):
             visit(dep, name)
         state[name] = "done"
