@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from imagekit import build_userland, debian_kernel  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 from iglubuild.boot import boot, kvm_works  # noqa: E402
 from iglubuild.image import (  # noqa: E402
@@ -40,6 +38,7 @@ from iglubuild.image import (  # noqa: E402
     root_fs_size,
     runtime_closure,
 )
+from tests.imagekit import build_userland, debian_kernel  # noqa: E402
 
 TREE_BYTES = 200 * MIB
 RUNS = 3

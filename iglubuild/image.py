@@ -101,29 +101,37 @@ def _open_tar(path: Path) -> tuple[tarfile.TarFile, object]:
 
 
 def _parse_metadata(text: str) -> dict[str, object]:
-    """Metadata inside an artifact: JSON, or `key = value` / `key: value` lines."""
+    """Metadata inside an artifact: JSON, or iglupkg's `key=value` file.
+
+    iglupkg's file has sections; keys are read from `[pkg]` (or from the top
+    when there are no sections), so license text and the `[fs]` path list
+    are never taken for keys.
+    """
     text = text.strip()
     if text.startswith("{"):
         data = json.loads(text)
         return data if isinstance(data, dict) else {}
-    data: dict[str, object] = {}
+    values: dict[str, object] = {}
+    section = ""
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        if section not in ("", "pkg") or not line or line.startswith("#"):
             continue
         key, sep, value = line.partition("=")
-        if not sep:
-            key, sep, value = line.partition(":")
         if sep:
-            data[key.strip()] = value.strip()
-    return data
+            values[key.strip()] = value.strip()
+    return values
 
 
 def _dep_list(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return tuple(v for v in re.split(r"[\s,]+", value) if v)
+        # iglupkg separates deps with colons; spaces and commas are accepted too.
+        return tuple(v for v in re.split(r"[\s,:]+", value) if v)
     if isinstance(value, list | tuple):
         return tuple(str(v) for v in value)
     raise UsageError(f"bad deps in package metadata: {value!r}", hint="expected a list of names")
@@ -174,33 +182,31 @@ def find_artifacts(packages_dir: Path) -> dict[str, Artifact]:
         old = found.get(art.name)
         if old is None or path.stat().st_mtime >= old.path.stat().st_mtime:
             found[art.name] = art
-    index_deps = _index_deps(packages_dir / "index.json")
-    for name, deps in index_deps.items():
-        if name in found:
+    index = _read_index(packages_dir / "index.json")
+    for name, entry in index.items():
+        # The engine's index names the current file of each package: prefer it.
+        listed = packages_dir / str(entry.get("file", ""))
+        if entry.get("file") and listed.is_file() and ARTIFACT_RE.match(listed.name):
+            found[name] = Artifact.from_path(listed)
+        if name in found and ({"deps", "depends", "runtime_deps"} & set(entry)):
             art = found[name]
             found[name] = Artifact(art.name, art.version, art.release, art.arch, art.path,
-                                   deps)
+                                   _metadata_deps(entry))
     return found
 
 
-def _index_deps(index: Path) -> dict[str, tuple[str, ...]]:
-    """Dependencies from the engine's repository index, when it has them."""
+def _read_index(index: Path) -> dict[str, dict[str, object]]:
+    """The engine's repository index: {"packages": {name: {file, deps, ...}}}."""
     if not index.is_file():
         return {}
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    entries = data.get("packages", data) if isinstance(data, dict) else data
-    if isinstance(entries, dict):
-        entries = [dict(v, name=v.get("name", k)) for k, v in entries.items()
-                   if isinstance(v, dict)]
-    deps: dict[str, tuple[str, ...]] = {}
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and "name" in entry and (
-                {"deps", "depends", "runtime_deps"} & set(entry)):
-            deps[str(entry["name"])] = _metadata_deps(entry)
-    return deps
+    entries = data.get("packages", {}) if isinstance(data, dict) else {}
+    if isinstance(entries, list):
+        entries = {str(e.get("name")): e for e in entries if isinstance(e, dict)}
+    return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
 
 
 def runtime_closure(names: Sequence[str], artifacts: dict[str, Artifact]) -> list[Artifact]:

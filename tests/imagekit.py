@@ -30,7 +30,10 @@ from ruamel.yaml import YAML
 from iglubuild.image import ARTIFACT_RE
 
 REPO = Path(__file__).resolve().parent.parent
-DISTFILES = Path(os.environ.get("IGLUBUILD_TEST_DISTFILES", "/work/shared/distfiles"))
+DISTFILES = next((p for p in (Path(os.environ.get("IGLUBUILD_TEST_DISTFILES", "/nonexistent")),
+                               REPO.parent / "shared" / "distfiles",
+                               Path("/work/shared/distfiles")) if p.is_dir()),
+                 Path("/work/shared/distfiles"))
 BASE_RECIPE = REPO / "recipes" / "base" / "iglunix-base"
 MUSL = "musl-1.2.3.tar.gz"
 MKSH = "mksh-R59c.tgz"
@@ -38,11 +41,13 @@ TRIPLE = "x86_64-linux-musl"
 
 
 def pack_artifact(out_dir: Path, pkgdir: Path, name: str, version: str = "1.0",
-                  release: int = 1, deps: Sequence[str] = ()) -> Path:
+                  release: int = 1, deps: Sequence[str] = (), metadata: bytes | None = None
+                  ) -> Path:
     """A `<name>-<version>-r<release>.x86_64.tar.zst` of `pkgdir`, owned 0:0, with metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"name": name, "version": version, "release": release,
                        "arch": "x86_64", "deps": list(deps)}, indent=1).encode()
+    meta = metadata if metadata is not None else meta
     path = out_dir / f"{name}-{version}-r{release}.x86_64.tar.zst"
 
     def as_root(ti: tarfile.TarInfo) -> tarfile.TarInfo:

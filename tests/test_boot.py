@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from imagekit import build_userland, debian_kernel
 
 from iglubuild import boot as bootmod
 from iglubuild.cli import main
+from tests.imagekit import build_userland, debian_kernel
 
 REPO = Path(__file__).resolve().parent.parent
 

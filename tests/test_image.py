@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from imagekit import pack_artifact
 
 from iglubuild.cli import main
 from iglubuild.errors import BuildError, UsageError
@@ -28,6 +27,7 @@ from iglubuild.image import (
     populate_root,
     runtime_closure,
 )
+from tests.imagekit import pack_artifact
 
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
@@ -112,6 +112,23 @@ def test_closure_follows_runtime_deps_only(repo: Path) -> None:
     assert "su-dev" not in names  # sub-packages only when named
     named = [a.name for a in runtime_closure(["iglunix-base", "su-dev"], arts)]
     assert named[-1] == "su-dev"
+
+
+def test_engine_metadata_and_index(repo: Path) -> None:
+    """The engine's formats: iglupkg's key=value file (colon deps) and index.json."""
+    out = repo / "build/packages/x86_64"
+    meta = (b"[pkg]\npkgname=app\npkgver=2\ndeps=shell:su\n\n[license]\ndeps=not:this\n"
+            b"\n[fs]\nusr/bin/app\n")
+    pack_artifact(out, _pkg(repo, "app", {"usr/bin/app": "a"}), "app", "2", metadata=meta)
+    assert [a.name for a in runtime_closure(["app"], find_artifacts(out))] == \
+        ["libc", "shell", "su", "app"]
+    # An index naming an older file and other deps wins over the directory listing.
+    old = pack_artifact(out, _pkg(repo, "app1", {"usr/bin/app": "old"}), "app", "1")
+    os.utime(old, (0, 0))
+    (out / "index.json").write_text(json.dumps({"format": 1, "packages": {
+        "app": {"file": old.name, "deps": ["libc"], "version": "1"}}}))
+    closure = runtime_closure(["app"], find_artifacts(out))
+    assert [a.name for a in closure] == ["libc", "app"] and closure[-1].version == "1"
 
 
 def test_missing_dependency_names_who_needs_it(repo: Path) -> None:
