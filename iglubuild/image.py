@@ -58,6 +58,8 @@ KERNEL_NAME = "vmlinuz"
 ENTRY_PATH = "loader/entries/iglunix.conf"
 DB_DIR = "usr/share/iglupkg"
 DB_INDEX = "index.json"
+# The engine's JSON metadata, first member of every artifact; not a file of the image.
+PKGINFO = ".PKGINFO"
 ARTIFACT_RE = re.compile(
     r"^(?P<name>.+)-(?P<version>[^-]+)-r(?P<release>\d+)\.(?P<arch>[A-Za-z0-9_]+)\.tar\.zst$"
 )
@@ -146,11 +148,15 @@ def _metadata_deps(meta: dict[str, object]) -> tuple[str, ...]:
 
 
 def read_metadata(artifact: Artifact) -> dict[str, object]:
-    """The metadata the build engine stores in the artifact as usr/share/iglupkg/<name>."""
+    """An artifact's metadata: the engine's .PKGINFO (JSON, the first member), else
+    the iglupkg file usr/share/iglupkg/<name> it also carries."""
     wanted = f"{DB_DIR}/{artifact.name}"
     tar, raw = _open_tar(artifact.path)
     try:
         for member in tar:
+            if member.name == PKGINFO and member.isfile():
+                f = tar.extractfile(member)
+                return _parse_metadata(f.read().decode("utf-8")) if f else {}
             if member.name.lstrip("./").rstrip("/") == wanted and member.isfile():
                 f = tar.extractfile(member)
                 return _parse_metadata(f.read().decode("utf-8")) if f else {}
@@ -313,6 +319,8 @@ def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
     tar, raw = _open_tar(artifact.path)
     try:
         for member in tar:
+            if member.name == PKGINFO:
+                continue
             rel = _member_path(member.name, artifact.path)
             if not rel:
                 continue

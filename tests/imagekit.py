@@ -41,36 +41,50 @@ TRIPLE = "x86_64-linux-musl"
 
 
 def pack_artifact(out_dir: Path, pkgdir: Path, name: str, version: str = "1.0",
-                  release: int = 1, deps: Sequence[str] = (), metadata: bytes | None = None
-                  ) -> Path:
-    """A `<name>-<version>-r<release>.x86_64.tar.zst` of `pkgdir`, owned 0:0, with metadata."""
+                  release: int = 1, deps: Sequence[str] = (), metadata: bytes | None = None,
+                  pkginfo: bool = True) -> Path:
+    """A `<name>-<version>-r<release>.x86_64.tar.zst` of `pkgdir` laid out as the engine's.
+
+    Members are owned 0:0; `.PKGINFO` (JSON) comes first, and the iglupkg file
+    usr/share/iglupkg/<name> (`[pkg]` keys, colon-separated deps) is inside,
+    unless `metadata` replaces it; `pkginfo=False` leaves .PKGINFO out.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"name": name, "version": version, "release": release,
-                       "arch": "x86_64", "deps": list(deps)}, indent=1).encode()
-    meta = metadata if metadata is not None else meta
+    info = {"format": 1, "name": name, "version": version, "release": release,
+            "arch": "x86_64", "deps": list(deps)}
     path = out_dir / f"{name}-{version}-r{release}.x86_64.tar.zst"
+    rels = [e.relative_to(pkgdir).as_posix() for e in sorted(pkgdir.rglob("*"))]
+    if metadata is None:
+        fs = sorted({*rels, "usr", "usr/share", "usr/share/iglupkg", f"usr/share/iglupkg/{name}"})
+        metadata = "\n".join(["[pkg]", f"pkgname={name}", f"pkgver={version}",
+                              f"deps={':'.join(deps)}", "", "[license]", "", "[fs]", *fs, ""]
+                             ).encode()
+    now = int(time.time())
 
     def as_root(ti: tarfile.TarInfo) -> tarfile.TarInfo:
         ti.uid = ti.gid = 0
         ti.uname = ti.gname = "root"
         return ti
 
+    def add_bytes(tar: tarfile.TarFile, rel: str, data: bytes) -> None:
+        ti = tarfile.TarInfo(rel)
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, now
+        tar.addfile(ti, io.BytesIO(data))
+
     with open(path, "wb") as raw, \
             zstandard.ZstdCompressor(level=3).stream_writer(raw) as zw, \
             tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(pkgdir.rglob("*")):
-            rel = entry.relative_to(pkgdir).as_posix()
-            if rel == f"usr/share/iglupkg/{name}":
-                continue
-            tar.add(entry, arcname=rel, recursive=False, filter=as_root)
+        if pkginfo:
+            add_bytes(tar, ".PKGINFO", json.dumps(info, indent=1).encode())
+        for rel in rels:
+            if rel != f"usr/share/iglupkg/{name}":
+                tar.add(pkgdir / rel, arcname=rel, recursive=False, filter=as_root)
         for d in ("usr", "usr/share", "usr/share/iglupkg"):
-            if not (pkgdir / d).exists():
+            if d not in rels:
                 ti = tarfile.TarInfo(d)
-                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, now
                 tar.addfile(ti)
-        ti = tarfile.TarInfo(f"usr/share/iglupkg/{name}")
-        ti.size, ti.mode, ti.mtime = len(meta), 0o644, int(time.time())
-        tar.addfile(ti, io.BytesIO(meta))
+        add_bytes(tar, f"usr/share/iglupkg/{name}", metadata)
     return path
 
 
