@@ -26,6 +26,7 @@ is never visible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import stat
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -95,11 +96,18 @@ class Artifact:
         return cls(m["name"], m["version"], int(m["release"]), m["arch"], path)
 
 
-def _open_tar(path: Path) -> tuple[tarfile.TarFile, object]:
-    """A streaming tar reader over a zstd file (and the raw file to close)."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned handle
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    return tarfile.open(fileobj=reader, mode="r|"), raw
+@contextlib.contextmanager
+def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """A streaming tar reader over a zstd artifact; unreadable ones are BuildErrors."""
+    try:
+        with open(path, "rb") as raw, \
+                zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as zr, \
+                tarfile.open(fileobj=zr, mode="r|") as tar:
+            yield tar
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, UnicodeDecodeError,
+            json.JSONDecodeError) as exc:
+        raise BuildError(f"{path}: unreadable artifact: {exc}",
+                         hint="rebuild the package") from exc
 
 
 def _parse_metadata(text: str) -> dict[str, object]:
@@ -151,21 +159,12 @@ def read_metadata(artifact: Artifact) -> dict[str, object]:
     """An artifact's metadata: the engine's .PKGINFO (JSON, the first member), else
     the iglupkg file usr/share/iglupkg/<name> it also carries."""
     wanted = f"{DB_DIR}/{artifact.name}"
-    tar, raw = _open_tar(artifact.path)
-    try:
+    with _open_tar(artifact.path) as tar:
         for member in tar:
-            if member.name == PKGINFO and member.isfile():
+            if member.isfile() and (member.name == PKGINFO or
+                                    member.name.lstrip("./").rstrip("/") == wanted):
                 f = tar.extractfile(member)
                 return _parse_metadata(f.read().decode("utf-8")) if f else {}
-            if member.name.lstrip("./").rstrip("/") == wanted and member.isfile():
-                f = tar.extractfile(member)
-                return _parse_metadata(f.read().decode("utf-8")) if f else {}
-    except (tarfile.TarError, zstandard.ZstdError, UnicodeDecodeError, ValueError) as exc:
-        raise BuildError(f"{artifact.path}: unreadable artifact: {exc}",
-                         hint="rebuild the package") from exc
-    finally:
-        tar.close()
-        raw.close()  # type: ignore[attr-defined]
     return {}
 
 
@@ -306,9 +305,11 @@ def _resolve_in_root(root: Path, rel: str) -> Path:
 def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
     """Unpack one artifact into the root tree, refusing paths another package owns.
 
-    This is the one place that knows how an artifact becomes files; when the
-    build engine's package.install_artifact lands it can take over here.
-    Returns the paths installed (relative to the root).
+    This is the one place that knows how an artifact becomes files. The build
+    engine's package.install_artifact does the same job for build roots; this
+    one also names the package that already owns a path, resolves symlinks as
+    the image will see them, and records the owner each member asks for (see
+    the module docstring). Returns the paths installed (relative to the root).
     """
     root = tree.path
     as_root = os.geteuid() == 0
@@ -316,8 +317,7 @@ def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
     # Directory modes and times are set last: a read-only directory must stay
     # writable while its contents are unpacked, and writing changes its mtime.
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
-    tar, raw = _open_tar(artifact.path)
-    try:
+    with _open_tar(artifact.path) as tar:
         for member in tar:
             if member.name == PKGINFO:
                 continue
@@ -369,12 +369,6 @@ def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
         for dest, member in reversed(dirs):
             os.chmod(dest, stat.S_IMODE(member.mode))
             os.utime(dest, (member.mtime, member.mtime))
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-        raise BuildError(f"{artifact.path}: unreadable artifact: {exc}",
-                         hint="rebuild the package") from exc
-    finally:
-        tar.close()
-        raw.close()  # type: ignore[attr-defined]
     tree.files[artifact.name] = installed
     return installed
 
