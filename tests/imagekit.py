@@ -158,6 +158,10 @@ def build_userland(cache: Path) -> dict[str, Path]:
                     inspect.getsource(build_mksh).encode(),
                     inspect.getsource(pack_artifact).encode())
     core = cache / f"core-{core_key}"
+    for needed in (MUSL, MKSH):
+        if not (DISTFILES / needed).is_file():
+            raise RuntimeError(f"{needed} not in {DISTFILES}; set IGLUBUILD_TEST_DISTFILES "
+                               "to the folder of the shared distfiles")
     if not (core / "done").exists():
         if core.exists():
             shutil.rmtree(core)
@@ -206,8 +210,11 @@ def debian_kernel(cache: Path) -> Path:
                           capture_output=True, text=True, check=True).stdout
     image_pkg = next(line.split(":", 1)[1].strip() for line in deps.splitlines()
                      if line.strip().startswith("Depends:") and "linux-image-" in line)
-    subprocess.run(["apt-get", "download", image_pkg], cwd=kdir, check=True,
-                   capture_output=True)
+    got = subprocess.run(["apt-get", "download", image_pkg], cwd=kdir, capture_output=True,
+                         text=True)
+    if got.returncode:
+        raise RuntimeError(f"apt-get download {image_pkg} failed (run apt-get update?): "
+                           f"{got.stderr.strip()[-500:]}; or set IGLUBUILD_TEST_KERNEL")
     deb = next(kdir.glob(f"{image_pkg}_*.deb"))
     subprocess.run(["dpkg-deb", "-x", deb, kdir / "x"], check=True)
     deb.unlink()
