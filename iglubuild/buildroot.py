@@ -35,6 +35,7 @@ from iglubuild.chroot import (
 )
 from iglubuild.errors import BuildError, UsageError
 from iglubuild.run import CommandError, base_env, require_tool, run
+from iglubuild.settings import Settings
 
 log = logging.getLogger("iglubuild.buildroot")
 
@@ -143,11 +144,11 @@ def toolchain_dir(build_dir: Path) -> Path:
     return build_dir / "toolchain"
 
 
-def manifest_path(settings: Any, override: Path | None = None) -> Path:
+def manifest_path(settings: Settings, override: Path | None = None) -> Path:
     """The manifest to use: --manifest, else toolchain/buildroot.toml in the project."""
     if override is not None:
         return override
-    return Path(getattr(settings, "project_root", Path("."))) / MANIFEST
+    return settings.project_root / MANIFEST
 
 
 def list_roots(build_dir: Path) -> list[BuildRoot]:
@@ -177,10 +178,10 @@ def find_root(build_dir: Path, manifest: Manifest) -> BuildRoot | None:
     return None
 
 
-def current_root(settings: Any, manifest: Path | None = None) -> BuildRoot:
+def current_root(settings: Settings, manifest: Path | None = None) -> BuildRoot:
     """The build root matching the project's manifest, or a one-line error saying how to make it."""
     m = load_manifest(manifest_path(settings, manifest))
-    root = find_root(Path(settings.build_dir), m)
+    root = find_root(settings.build_dir, m)
     if root is None:
         raise BuildError(f"no build root for {m.path} in {toolchain_dir(settings.build_dir)}",
                          hint="run: iglubuild toolchain build")

@@ -39,6 +39,7 @@ from typing import IO
 from iglubuild.errors import BuildError, NeedsRootError
 from iglubuild.executor import Mount, PhaseJob
 from iglubuild.run import require_tool
+from iglubuild.settings import Settings
 
 log = logging.getLogger("iglubuild.chroot")
 
@@ -228,13 +229,17 @@ class ChrootExecutor:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: object, manifest: Path | None = None) -> ChrootExecutor:
-        """The executor for the build root that matches the current manifest."""
+    def from_settings(cls, settings: Settings, manifest: Path | None = None) -> ChrootExecutor:
+        """The executor for the build root that matches the project's manifest.
+
+        Raises a one-line BuildError naming `iglubuild toolchain build` when
+        there is none; scratch folders go to <build-dir>/tmp/chroot.
+        """
         from iglubuild import buildroot  # buildroot uses this module's sandbox
 
         root = buildroot.current_root(settings, manifest)
-        return cls(root.path, root.id, settings.build_dir / "tmp" / "chroot",  # type: ignore[attr-defined]
-                   debug=bool(getattr(settings, "debug", False)))
+        return cls(root.path, root.id, settings.build_dir / "tmp" / "chroot",
+                   debug=settings.debug)
 
     def describe(self) -> str:
         return (f"chroot: build root {self._toolchain_id} at {self.root} (overlay, read-only); "
