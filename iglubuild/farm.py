@@ -518,10 +518,22 @@ def farm_down(settings: Settings, wait: float = 60.0) -> dict[str, bool]:
         service.remove()
         removed = True
     # Service removal is asynchronous: wait until this node runs none of its
-    # containers, so "down" means down.
+    # containers, so "down" means down. Stopped ones the swarm keeps as task
+    # history (or left behind by an earlier, force-left swarm) are removed.
+    import docker.errors
+
     deadline = time.monotonic() + wait
-    while client.containers.list(all=True, filters={
-            "label": f"com.docker.swarm.service.name={SERVICE_NAME}"}):
+    while True:
+        left_over = client.containers.list(all=True, filters={
+            "label": f"com.docker.swarm.service.name={SERVICE_NAME}"})
+        if not left_over:
+            break
+        for container in left_over:
+            if container.status != "running":
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError:
+                    pass  # already going away
         if time.monotonic() > deadline:
             raise FarmError("the volunteers' containers did not stop in time",
                             hint="check the engine; run `farm down` again")
@@ -605,5 +617,8 @@ def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
         "MAKEFLAGS": f"-j{hosts.jobs}",
     }
     if distcc_dir is not None:
+        # distcc does not create its state folder and, without it, silently
+        # compiles everything locally.
+        distcc_dir.mkdir(parents=True, exist_ok=True)
         env["DISTCC_DIR"] = str(distcc_dir)
     return env
