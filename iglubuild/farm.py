@@ -174,6 +174,10 @@ def _node_address(node_attrs: Mapping[str, Any]) -> str:
 
 
 def _find_service(client: docker.DockerClient) -> Any | None:
+    """The farm's service, or None (also when this engine is in no swarm at all)."""
+    swarm = _swarm_state(client)
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        return None
     for svc in client.services.list(filters={"name": SERVICE_NAME}):
         if svc.name == SERVICE_NAME:
             return svc
