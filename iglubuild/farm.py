@@ -606,19 +606,26 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
 
 
 def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
-              distcc_dir: Path | None = None) -> dict[str, str]:
+              distcc_dir: Path | None = None, local_slots: int = 0) -> dict[str, str]:
     """Environment additions that send a build phase's compiles to the farm.
 
     distcc's default (non-pump) mode preprocesses and links locally against
     the sysroot and ships only preprocessed code, so the volunteers need no
     headers or libraries; a volunteer that fails makes distcc compile locally.
+    `local_slots` > 0 lets this machine compile too (listed after the
+    volunteers, so distcc fills them first).
     """
+    host_list = hosts.distcc_hosts
+    jobs = hosts.jobs
+    if local_slots > 0:
+        host_list += f" localhost/{local_slots}"
+        jobs += local_slots
     env = {
-        "DISTCC_HOSTS": hosts.distcc_hosts,
+        "DISTCC_HOSTS": host_list,
         "CC": f"distcc {cc}",
         "CXX": f"distcc {cxx}",
-        "JOBS": str(hosts.jobs),
-        "MAKEFLAGS": f"-j{hosts.jobs}",
+        "JOBS": str(jobs),
+        "MAKEFLAGS": f"-j{jobs}",
     }
     if distcc_dir is not None:
         # distcc does not create its state folder and, without it, silently

@@ -73,3 +73,12 @@ def test_image_from_missing_tarball_is_a_usage_error(tmp_path, capsys):
         assert exc.hint and "toolchain export" in exc.hint
     else:
         raise AssertionError("no error")
+
+
+def test_build_env_can_keep_local_slots(tmp_path):
+    vols = [farm.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
+    hosts = farm.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
+    env = farm.build_env(hosts, distcc_dir=tmp_path / "d" / "distcc", local_slots=1)
+    assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/2 localhost/1"
+    assert env["JOBS"] == "4"
+    assert (tmp_path / "d" / "distcc").is_dir()
