@@ -155,7 +155,7 @@ def push_image(ref: str, registry: str, client: docker.DockerClient | None = Non
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `iglubuild toolchain image` (wired by the toolchain verb)."""
     parser.add_argument("--from", dest="tarball", metavar="TARBALL", type=Path,
-                        help="build root tarball (default: <build-dir>/toolchain/buildroot.tar)")
+                        help="build root tarball (default: export the current build root)")
     parser.add_argument("--toolchain-id", metavar="ID",
                         help="tag to use (default: sha256 prefix of the tarball)")
     parser.add_argument("--save", metavar="FILE", type=Path,
@@ -165,8 +165,21 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push", metavar="REGISTRY", help="push the image to REGISTRY")
 
 
-def default_tarball(settings: Settings) -> Path:
-    return settings.build_dir / "toolchain" / "buildroot.tar"
+def default_tarball(settings: Settings) -> tuple[Path, str | None]:
+    """The current build root as a tarball (exported on first use) and its id.
+
+    Uses iglubuild.buildroot when present; otherwise a tarball already
+    exported to <build-dir>/toolchain/buildroot.tar.
+    """
+    try:
+        from iglubuild import buildroot  # type: ignore[attr-defined]
+    except ImportError:
+        return settings.build_dir / "toolchain" / "buildroot.tar", None
+    root = buildroot.current_root(settings)
+    tarball = settings.build_dir / "toolchain" / f"{root.id}.tar"
+    if not tarball.exists():
+        buildroot.export(root, tarball)
+    return tarball, str(root.id)
 
 
 def image_action(settings: Settings, args: argparse.Namespace) -> int:
@@ -181,7 +194,8 @@ def image_action(settings: Settings, args: argparse.Namespace) -> int:
         ref = tags[0]
         print(f"loaded {', '.join(tags)}")
     else:
-        made = create_image(args.tarball or default_tarball(settings), args.toolchain_id)
+        tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
+        made = create_image(tarball, args.toolchain_id or root_id)
         ref = made.ref
         print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
     if args.save is not None:

@@ -8,6 +8,7 @@ import json
 from iglubuild import farm
 from iglubuild.errors import UsageError
 from iglubuild.settings import Settings
+from iglubuild.settings import add_arguments as add_global_arguments
 
 NAME = "farm"
 HELP = "the distcc farm as a Docker swarm service: up, status, down"
@@ -21,9 +22,12 @@ def _port(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Global options may also follow the action (`farm up --build-dir X`).
+    common = argparse.ArgumentParser(add_help=False)
+    add_global_arguments(common)
     sub = parser.add_subparsers(dest="farm_action", metavar="ACTION",
                                 parser_class=type(parser))
-    up = sub.add_parser("up", help="start (or resize) the farm")
+    up = sub.add_parser("up", help="start (or resize) the farm", parents=[common])
     up.add_argument("--replicas", type=int, required=True, metavar="N",
                     help="number of distccd volunteers")
     up.add_argument("--allow", action="append", default=[], metavar="CIDR",
@@ -44,9 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="parallel compiles per volunteer (default: CPUs of this machine)")
     up.add_argument("--cpuset", metavar="CPUS",
                     help="pin each volunteer's distccd to these CPUs (taskset list)")
-    sub.add_parser("status", help="list the volunteers").add_argument(
+    sub.add_parser("status", help="list the volunteers", parents=[common]).add_argument(
         "--json", action="store_true", help="machine-readable output")
-    sub.add_parser("down", help="remove the farm (and the swarm if iglubuild made it)")
+    sub.add_parser("down", help="remove the farm (and the swarm if iglubuild made it)",
+                   parents=[common])
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
