@@ -227,6 +227,8 @@ class FarmConfig:
     slots: int | None = None
     cpuset: str | None = None
     wait: float = 120.0
+    join: str | None = None  # manager ADDR:PORT, to join this engine as a worker
+    token: str | None = None
 
 
 def _check_networks(nets: Iterable[str]) -> list[str]:
@@ -256,7 +258,7 @@ def default_toolchain_image(client: docker.DockerClient) -> str:
 
 
 def ensure_swarm(client: docker.DockerClient, settings: Settings, cfg: FarmConfig) -> bool:
-    """Join nothing, initialise if needed; return True if this call created the swarm."""
+    """Use the swarm this engine manages, or initialise one; True if this call created it."""
     state = _swarm_state(client)
     local = state.get("LocalNodeState", "inactive")
     if local == "active":
@@ -275,6 +277,47 @@ def ensure_swarm(client: docker.DockerClient, settings: Settings, cfg: FarmConfi
                             "node_id": info.get("NodeID", "")})
     log.info("initialised a swarm advertised on %s", cfg.advertise_addr)
     return True
+
+
+def farm_join(settings: Settings, cfg: FarmConfig) -> str:
+    """Join this engine to an existing swarm as a worker; returns the node id.
+
+    A worker only hosts volunteers: the service itself is created and scaled
+    from a manager. `farm down` on this machine leaves the swarm again.
+    """
+    if not cfg.join or not cfg.token:
+        raise UsageError("joining needs the manager's address and a join token",
+                         hint="farm up --join ADDR:PORT --token TOKEN (printed by farm up "
+                              "on the manager)")
+    client = docker_client()
+    state = _swarm_state(client)
+    if state.get("LocalNodeState") == "active":
+        managers = {m.get("Addr") for m in state.get("RemoteManagers") or []}
+        if cfg.join in managers:
+            return str(state.get("NodeID", ""))
+        raise FarmError("this Docker engine is already in another swarm",
+                        hint="`iglubuild farm down` (or leave that swarm) first")
+    import docker.errors
+
+    try:
+        client.swarm.join(remote_addrs=[cfg.join], join_token=cfg.token,
+                          advertise_addr=cfg.advertise_addr,
+                          listen_addr=f"{cfg.advertise_addr}:{cfg.swarm_port}")
+    except docker.errors.APIError as exc:
+        raise FarmError(f"cannot join the swarm at {cfg.join}: {exc.explanation}",
+                        hint="check the address, the token and that port "
+                             f"{cfg.join.rsplit(':', 1)[-1]} is reachable") from exc
+    node_id = str(_swarm_state(client).get("NodeID", ""))
+    _write_state(settings, {"joined_swarm": True, "manager": cfg.join, "node_id": node_id})
+    return node_id
+
+
+def join_command(client: docker.DockerClient) -> str:
+    """The command other machines run to join this manager's swarm as workers."""
+    client.swarm.reload()
+    token = client.swarm.attrs.get("JoinTokens", {}).get("Worker", "")
+    addr = _swarm_state(client).get("RemoteManagers", [{}])[0].get("Addr", "")
+    return f"iglubuild farm up --join {addr} --token {token}"
 
 
 def _allowed_networks(client: docker.DockerClient, extra: Sequence[str]) -> list[str]:
@@ -546,8 +589,8 @@ def farm_down(settings: Settings, wait: float = 60.0) -> dict[str, bool]:
     left = False
     swarm = _swarm_state(client)
     current = swarm.get("Cluster", {}).get("ID", "")
-    if state.get("created_swarm") and swarm.get("LocalNodeState") == "active" \
-            and state.get("swarm_id") in ("", current):
+    created = state.get("created_swarm") and state.get("swarm_id") in ("", current)
+    if swarm.get("LocalNodeState") == "active" and (created or state.get("joined_swarm")):
         client.swarm.leave(force=True)
         left = True
     if state:

@@ -25,7 +25,7 @@ from iglubuild.cli import main
 from iglubuild.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from farm_support import buildroot_tarball, start_dockerd, write_program  # noqa: E402
+from farm_support import DOCKER_DIR, buildroot_tarball, start_dockerd, write_program  # noqa: E402
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -358,3 +358,39 @@ def test_farm_down_keeps_a_swarm_it_did_not_create(docker_engine, toolchain_imag
         assert client.containers.list(all=True) == []
     finally:
         client.swarm.leave(force=True)
+
+
+def test_second_engine_joins_as_worker_and_leaves(docker_engine, toolchain_image, tmp_path,
+                                                   farm_cfg, monkeypatch, capsys):
+    """A second machine, simulated by a second dockerd advertised on 127.0.0.2."""
+    import dataclasses
+
+    import docker
+
+    manager = docker.from_env()
+    mgr = Settings(build_dir=tmp_path / "manager")
+    assert main(["--build-dir", str(mgr.build_dir), "farm", "up", "--replicas", "0",
+                 "--base-port", str(farm_cfg.base_port),
+                 "--swarm-port", str(farm_cfg.swarm_port)]) == 0
+    out = capsys.readouterr().out
+    join_line = next(line for line in out.splitlines() if "--join" in line)
+    words = join_line.split()
+    addr, token = words[words.index("--join") + 1], words[words.index("--token") + 1]
+    assert addr == f"127.0.0.1:{farm_cfg.swarm_port}"
+    second = start_dockerd(DOCKER_DIR.with_name(DOCKER_DIR.name + "-2"))
+    try:
+        monkeypatch.setenv("DOCKER_HOST", second.host)
+        worker = Settings(build_dir=tmp_path / "worker")
+        cfg = dataclasses.replace(farm_cfg, join=addr, token=token, advertise_addr="127.0.0.2")
+        node_id = farm.farm_join(worker, cfg)
+        assert farm.farm_join(worker, cfg) == node_id  # joining twice is harmless
+        addresses = sorted(farm._node_address(n.attrs) for n in manager.nodes.list())
+        assert addresses == ["127.0.0.1", "127.0.0.2"]
+        assert farm.farm_down(worker)["left_swarm"] is True
+        assert docker.from_env().info()["Swarm"]["LocalNodeState"] == "inactive"
+    finally:
+        second.stop()
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+        farm.farm_down(mgr)
+    assert manager.info()["Swarm"]["LocalNodeState"] == "inactive"
+

@@ -82,3 +82,9 @@ def test_build_env_can_keep_local_slots(tmp_path):
     assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/2 localhost/1"
     assert env["JOBS"] == "4"
     assert (tmp_path / "d" / "distcc").is_dir()
+
+
+def test_join_without_token_is_usage_error(capsys):
+    code = main(["farm", "up", "--join", "127.0.0.1:2377"])
+    assert code == 2
+    assert "join token" in capsys.readouterr().err

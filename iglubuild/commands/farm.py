@@ -28,8 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="farm_action", metavar="ACTION",
                                 parser_class=type(parser))
     up = sub.add_parser("up", help="start (or resize) the farm", parents=[common])
-    up.add_argument("--replicas", type=int, required=True, metavar="N",
-                    help="number of distccd volunteers")
+    up.add_argument("--replicas", type=int, metavar="N",
+                    help="number of distccd volunteers (on a manager)")
+    up.add_argument("--join", metavar="ADDR:PORT",
+                    help="join this machine to the swarm of that manager as a worker")
+    up.add_argument("--token", metavar="TOKEN", help="the swarm's worker join token")
     up.add_argument("--allow", action="append", default=[], metavar="CIDR",
                     help="also accept compiles from this network (repeatable); "
                          "the swarm's nodes are always accepted")
@@ -61,12 +64,23 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             replicas=args.replicas, image=args.image, allow=tuple(args.allow),
             advertise_addr=args.advertise_addr, swarm_port=args.swarm_port,
             base_port=args.base_port, listen=args.listen, slots=args.slots,
-            cpuset=args.cpuset,
+            cpuset=args.cpuset, join=args.join, token=args.token,
         )
+        if args.join:
+            if args.replicas is not None:
+                raise UsageError("--replicas is set on the manager, not when joining",
+                                 hint="run `farm up --replicas N` on the manager")
+            node = farm.farm_join(settings, cfg)
+            print(f"joined the swarm at {args.join} as node {node}")
+            return 0
+        if args.replicas is None:
+            raise UsageError("farm up needs --replicas N",
+                             hint="or --join ADDR:PORT --token TOKEN on a worker")
         volunteers = farm.farm_up(settings, cfg)
         print(f"{farm.SERVICE_NAME}: {len(volunteers)} volunteer(s)")
         for v in volunteers:
             print(f"  {v.address}:{v.port}  node {v.node}  slot {v.slot}")
+        print("other machines join with: " + farm.join_command(farm.docker_client()))
         return 0
     if action == "status":
         status = farm.farm_status(settings)
