@@ -291,6 +291,9 @@ def farm_join(settings: Settings, cfg: FarmConfig) -> str:
                               "on the manager)")
     client = docker_client()
     state = _swarm_state(client)
+    if state.get("LocalNodeState") not in ("inactive", "active"):
+        raise FarmError(f"this Docker engine's swarm is in state {state.get('LocalNodeState')!r}",
+                        hint="`iglubuild farm down` (or leave that swarm) first")
     if state.get("LocalNodeState") == "active":
         managers = {m.get("Addr") for m in state.get("RemoteManagers") or []}
         if cfg.join in managers:
@@ -669,6 +672,9 @@ def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
         "CXX": f"distcc {cxx}",
         "JOBS": str(jobs),
         "MAKEFLAGS": f"-j{jobs}",
+        # With every slot busy distcc polls for a free one, by default once a
+        # second: a second idle per compile on a small farm. 100 ms is cheap.
+        "DISTCC_PAUSE_TIME_MSEC": "100",
     }
     if distcc_dir is not None:
         # distcc does not create its state folder and, without it, silently

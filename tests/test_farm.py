@@ -379,13 +379,18 @@ def test_second_engine_joins_as_worker_and_leaves(docker_engine, toolchain_image
     assert addr == f"127.0.0.1:{farm_cfg.swarm_port}"
     second = start_dockerd(DOCKER_DIR.with_name(DOCKER_DIR.name + "-2"))
     try:
+        other = docker.DockerClient(base_url=second.host)
+        if other.info()["Swarm"]["LocalNodeState"] != "inactive":
+            other.swarm.leave(force=True)  # a fresh machine: no swarm from an earlier run
         monkeypatch.setenv("DOCKER_HOST", second.host)
         worker = Settings(build_dir=tmp_path / "worker")
         cfg = dataclasses.replace(farm_cfg, join=addr, token=token, advertise_addr="127.0.0.2")
         node_id = farm.farm_join(worker, cfg)
         assert farm.farm_join(worker, cfg) == node_id  # joining twice is harmless
-        addresses = sorted(farm._node_address(n.attrs) for n in manager.nodes.list())
-        assert addresses == ["127.0.0.1", "127.0.0.2"]
+        nodes = {n.id: n.attrs for n in manager.nodes.list()}
+        assert nodes[node_id]["Spec"]["Role"] == "worker"
+        assert nodes[node_id]["Status"]["State"] == "ready"
+        assert len(nodes) == 2
         assert farm.farm_down(worker)["left_swarm"] is True
         assert docker.from_env().info()["Swarm"]["LocalNodeState"] == "inactive"
     finally:
