@@ -34,6 +34,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -538,12 +539,20 @@ def inspect_volunteer(v: Volunteer, compiler: str = "clang") -> Volunteer:
     return v
 
 
+def _inspect_all(volunteers: list[Volunteer], compiler: str) -> list[Volunteer]:
+    """Probe every volunteer at once: a big farm is checked in one probe's time."""
+    if not volunteers:
+        return volunteers
+    with ThreadPoolExecutor(max_workers=min(16, len(volunteers))) as pool:
+        return list(pool.map(lambda v: inspect_volunteer(v, compiler), volunteers))
+
+
 def farm_status(settings: Settings, compiler: str = "clang") -> dict[str, Any]:
     """Everything `farm status` shows, as plain data (also its --json)."""
     client = docker_client()
     swarm = _swarm_state(client)
     service = _find_service(client)
-    volunteers = [inspect_volunteer(v, compiler) for v in list_volunteers(client)]
+    volunteers = _inspect_all(list_volunteers(client), compiler)
     local_id, local_name = local_identity(compiler)
     return {
         "swarm": swarm.get("LocalNodeState", "inactive"),
@@ -631,8 +640,7 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
         return None
     local_id, _ = local_identity(compiler)
     usable, excluded = [], []
-    for v in running:
-        inspect_volunteer(v, compiler)
+    for v in _inspect_all(running, compiler):
         if v.problem:
             log.warning("volunteer %s:%d left out: %s", v.address, v.port, v.problem)
             excluded.append(v)
