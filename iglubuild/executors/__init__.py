@@ -1,0 +1,1 @@
+"""Executors: where build phases run (host, chroot, docker), behind iglubuild.executor."""
