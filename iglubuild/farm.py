@@ -659,6 +659,20 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
     return FarmHosts(volunteers=usable, jobs=jobs, local_identity=local_id, excluded=excluded)
 
 
+def phase_additions(hosts: FarmHosts, distcc_dir: Path | None = None,
+                    local_slots: int = 0) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(launcher, extra_env) for iglubuild.build: `launcher` goes in front of the
+    compiler in the phase's compiler wrappers, `extra_env` into the phase env.
+
+    The build engine's wrappers keep the target flags and --sysroot, so only
+    DISTCC_HOSTS and distcc's own settings are added here.
+    """
+    env = build_env(hosts, distcc_dir=distcc_dir, local_slots=local_slots)
+    for key in ("CC", "CXX", "JOBS", "MAKEFLAGS"):
+        env.pop(key)
+    return ("distcc",), env
+
+
 def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
               distcc_dir: Path | None = None, local_slots: int = 0) -> dict[str, str]:
     """Environment additions that send a build phase's compiles to the farm.

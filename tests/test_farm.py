@@ -130,8 +130,8 @@ def program(tmp_path_factory) -> Path:
 def _make(src: Path, dest: Path, env_extra: dict[str, str], jobs: int) -> subprocess.Popen:
     shutil.copytree(src, dest)
     env = {"PATH": os.environ["PATH"], "HOME": str(dest), "LANG": "C.UTF-8", **env_extra}
-    env["DISTCC_DIR"] = str(dest / ".distcc")
-    (dest / ".distcc").mkdir()
+    env.setdefault("DISTCC_DIR", str(dest / ".distcc"))
+    Path(env["DISTCC_DIR"]).mkdir(exist_ok=True)
     cc = env_extra.get("CC", "clang")
     return subprocess.Popen(["make", f"-j{jobs}", f"CC={cc}"], cwd=dest, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -252,8 +252,12 @@ def test_build_through_farm_matches_local_build(running_farm, settings, program,
     assert hosts is not None
     assert len(hosts.volunteers) == 2
     before = _compiles(hosts.volunteers)
-    env = farm.build_env(hosts)
-    assert env["DISTCC_HOSTS"] == hosts.distcc_hosts
+    # As the build engine does it: the launcher in front of an absolute
+    # compiler path, DISTCC_HOSTS from the live farm.
+    launcher, extra = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    assert extra["DISTCC_HOSTS"] == hosts.distcc_hosts
+    clang = shutil.which("clang")
+    env = {**extra, "CC": " ".join([*launcher, clang])}
     _finish(_make(program, tmp_path / "farm", env, hosts.jobs))
     after = _compiles(hosts.volunteers)
 

@@ -88,3 +88,14 @@ def test_join_without_token_is_usage_error(capsys):
     code = main(["farm", "up", "--join", "127.0.0.1:2377"])
     assert code == 2
     assert "join token" in capsys.readouterr().err
+
+
+def test_phase_additions_for_the_build_engine(tmp_path):
+    vols = [farm.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
+    hosts = farm.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
+    launcher, env = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    assert launcher == ("distcc",)
+    assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/2"
+    assert env["DISTCC_DIR"] == str(tmp_path / "distcc")
+    # The engine's wrappers own CC/CXX and its jobserver owns MAKEFLAGS.
+    assert not {"CC", "CXX", "MAKEFLAGS", "JOBS"} & set(env)
