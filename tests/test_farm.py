@@ -171,19 +171,33 @@ def test_image_is_the_build_root_with_its_clang(toolchain_image, docker_engine):
     assert toolchain_image.ref == f"{farm.IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
 
 
-def test_image_save_and_load_round_trip(toolchain_image, docker_engine, tmp_path):
+def test_image_action_saves_and_loads(toolchain_image, root_tarball, docker_engine, tmp_path,
+                                      capsys):
+    """`toolchain image --from T --save F`, then `--load F` on a "node" without the image."""
+    import argparse
+
     import docker
 
-    from iglubuild.toolchain_image import load_image, save_image
+    from iglubuild.toolchain_image import add_image_arguments, image_action
 
-    client = docker.from_env()
-    saved = save_image(toolchain_image.ref, tmp_path / "toolchain.tar", client)
+    parser = argparse.ArgumentParser()
+    add_image_arguments(parser)
+    saved = tmp_path / "toolchain.tar"
+    settings = Settings(build_dir=tmp_path)
+    args = parser.parse_args(["--from", str(root_tarball), "--save", str(saved)])
+    assert image_action(settings, args) == 0
+    out = capsys.readouterr().out
+    assert toolchain_image.ref in out and "Debian clang version" in out
     assert saved.stat().st_size > 100_000_000
     assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
-    client.images.get(toolchain_image.ref).tag("iglubuild-toolchain", "roundtrip")
+
+    client = docker.from_env()
+    made = client.images.get(toolchain_image.ref)
+    made.tag("iglubuild-toolchain", "roundtrip")
     client.images.remove(toolchain_image.ref)
-    assert toolchain_image.ref in load_image(saved, client)
-    assert client.images.get(toolchain_image.ref).id == toolchain_image.image_id
+    assert image_action(settings, parser.parse_args(["--load", str(saved)])) == 0
+    assert f"loaded {toolchain_image.ref}" in capsys.readouterr().out
+    assert client.images.get(toolchain_image.ref).id == made.id
     client.images.remove("iglubuild-toolchain:roundtrip")
 
 
@@ -231,7 +245,12 @@ def test_allow_everything_is_refused(capsys):
     assert "Traceback" not in err
 
 
-def test_farm_status_json_reports_each_volunteer(running_farm, settings, capsys):
+def test_farm_status_reports_each_volunteer(running_farm, settings, capsys):
+    assert main(["farm", "status", "--build-dir", str(settings.build_dir)]) == 0
+    text = capsys.readouterr().out
+    assert text.count(" running ") == 2 and "MISMATCH" not in text
+    for v in running_farm:
+        assert f"{v.address}:{v.port}" in text
     code = main(["--build-dir", str(settings.build_dir), "farm", "status", "--json"])
     assert code == 0
     import json
