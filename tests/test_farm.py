@@ -237,6 +237,26 @@ def test_volunteers_only_accept_the_swarm_networks(running_farm):
     assert listen == "LISTEN=127.0.0.1"
 
 
+def _hangs_up_on(source: str, port: int) -> bool:
+    """Does distccd close a connection from `source` at once (refused client)?"""
+    with socket.socket() as s:
+        s.bind((source, 0))
+        s.settimeout(3)
+        s.connect(("127.0.0.1", port))
+        try:
+            return s.recv(1) == b""
+        except TimeoutError:
+            return False  # still waiting for our request: the client was accepted
+        except ConnectionResetError:
+            return True
+
+
+def test_volunteer_refuses_clients_outside_the_allowed_networks(running_farm):
+    v = running_farm[0]
+    assert _hangs_up_on("127.0.0.2", v.port)
+    assert not _hangs_up_on("127.0.0.1", v.port)
+
+
 def test_allow_everything_is_refused(capsys):
     code = main(["farm", "up", "--replicas", "1", "--allow", "0.0.0.0/0"])
     err = capsys.readouterr().err
