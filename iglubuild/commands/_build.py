@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 from iglubuild.build import PHASES
 from iglubuild.buildrun import BuildContext, Builder, run_build
@@ -42,13 +43,21 @@ def _fetch(settings: Settings, tree, names: Sequence[str]) -> None:  # type: ign
         say(f"fetched {len(report.downloaded)} source(s)")
 
 
-def _farm_launcher(settings: Settings) -> tuple[tuple[str, ...], dict[str, str]]:
-    """distcc launcher and environment from the live farm, or nothing."""
+def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
+    """With --farm: the live farm's distcc launcher and environment, and a job
+    budget sized to the farm; without a farm running, a local build as asked."""
     if not settings.farm:
-        return (), {}
-    from iglubuild.farm import build_env
+        return settings, (), {}
+    from iglubuild.farm import discover, phase_additions
 
-    return build_env(settings)
+    hosts = discover(settings)
+    if hosts is None:
+        say("no distcc farm is running: building locally (start one with `iglubuild farm up`)")
+        return settings, (), {}
+    launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+    say(f"distcc farm: {len(hosts.volunteers)} volunteer(s), {hosts.jobs} compile jobs"
+        + (f", {len(hosts.excluded)} excluded (different compiler)" if hosts.excluded else ""))
+    return replace(settings, jobs=max(settings.jobs, hosts.jobs)), launcher, env
 
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
@@ -58,6 +67,10 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     from iglubuild.target import load_target
 
     tree, graph = load(settings)
+    if not args.dry_run:
+        settings, launcher, extra_env = _farm(settings)
+    else:
+        launcher, extra_env = (), {}
     executor = make_executor(settings)
     if not args.dry_run:
         executor.check()
@@ -67,7 +80,6 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         from iglubuild.build import Engine
 
         _fetch(settings, tree, ctx.plan.to_build())
-        launcher, extra_env = _farm_launcher(settings)
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
                         from_phase=args.from_phase, launcher=launcher, extra_env=extra_env)
