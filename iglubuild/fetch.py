@@ -225,6 +225,21 @@ def _link_name(distfiles: Path, filename: str, entry: Path) -> None:
     os.replace(tmp, link)
 
 
+def store(path: Path, sums: dict[str, str], filename: str, settings: Settings) -> Path:
+    """Move a file whose checksums were just computed into the cache; returns the entry.
+
+    For files downloaded by `iglubuild checksum`: once the sum is written into
+    the recipe, the next fetch finds the file without downloading it again.
+    """
+    algo = "sha256" if "sha256" in sums else next(iter(sums))
+    entry = cache_entry(settings.distfiles_dir, algo, sums[algo])
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o644)
+    os.replace(path, entry)
+    _link_name(settings.distfiles_dir, filename, entry)
+    return entry
+
+
 # -- candidate URLs -----------------------------------------------------------
 
 
@@ -309,9 +324,25 @@ class _Job:
 
     package: str
     source: SourceLike
-    sums: dict[str, str]
-    entry: Path
+    sums: dict[str, str]  # expected; empty when the sum is what we want to learn
+    entry: Path | None
     partial: Path
+    algos: tuple[str, ...] = ()  # computed while streaming (defaults to those of sums)
+    actual: dict[str, str] = field(default_factory=dict)  # filled by a good download
+
+    def __post_init__(self) -> None:
+        if not self.algos:
+            self.algos = tuple(self.sums)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A file downloaded without a known checksum (for `iglubuild checksum`)."""
+
+    url: str
+    size: int
+    sums: dict[str, str]  # algorithm -> hex, computed while streaming
+    path: Path  # a temporary file in the distfiles folder; `store` or unlink it
 
 
 class Downloader:
@@ -384,26 +415,43 @@ class Downloader:
         """
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         job.entry.parent.mkdir(parents=True, exist_ok=True)
-        tried: list[str] = []
+        assert job.entry is not None
         with self._file_lock(job.partial):
             if job.entry.is_file():  # another iglubuild fetched it while we waited
                 return "", job.entry.stat().st_size
-            for url, mirror in candidate_urls(job.source, self.settings.mirrors):
-                where = f"{url} (mirror {mirror})" if mirror else url
-                try:
-                    size = self._fetch_url(url, job)
-                except _NotThere as exc:
-                    tried.append(f"{where}: {exc}")
-                    continue
-                except _Mismatch as exc:
-                    tried.append(f"{where}: {exc}")
-                    continue
-                except _GaveUp as exc:
-                    tried.append(f"{where}: {exc}")
-                    continue
-                os.chmod(job.partial, 0o644)
-                os.replace(job.partial, job.entry)
-                return url, size
+            url, size = self._from_candidates(job)
+            os.chmod(job.partial, 0o644)
+            os.replace(job.partial, job.entry)
+            return url, size
+
+    def download_unverified(self, package: str, source: SourceLike,
+                            algos: Sequence[str] = ("sha256",)) -> Downloaded:
+        """Download a source whose checksum is not known yet, computing `algos`.
+
+        The file stays in a temporary place until the caller decides (see
+        `store`): `iglubuild checksum` writes the sum first, then caches it.
+        """
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.partial_dir / f"checksum-{os.getpid()}-{threading.get_ident()}"
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        job = _Job(package, source, {}, None, partial, algos=tuple(algos))
+        try:
+            url, size = self._from_candidates(job)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+        return Downloaded(url, size, dict(job.actual), partial)
+
+    def _from_candidates(self, job: _Job) -> tuple[str, int]:
+        tried: list[str] = []
+        for url, mirror in candidate_urls(job.source, self.settings.mirrors):
+            where = f"{url} (mirror {mirror})" if mirror else url
+            try:
+                return url, self._fetch_url(url, job)
+            except (_NotThere, _Mismatch, _GaveUp) as exc:
+                tried.append(f"{where}: {exc}")
         if not tried:
             tried.append("no URL to try (no url and no mirror)")
         raise FetchError("; ".join(tried))
@@ -437,7 +485,7 @@ class Downloader:
             src = open(path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise _NotThere("no such file") from exc
-        hashers = _Hashers(job.sums)
+        hashers = _Hashers(job.algos)
         size = 0
         with src, open(job.partial, "wb") as out, \
                 self._bar(source_name(job.source), os.fstat(src.fileno()).st_size) as bar:
@@ -453,6 +501,7 @@ class Downloader:
     def _verify(self, hashers: _Hashers, job: _Job, *, resumed: bool) -> None:
         actual = hashers.hexdigests()
         if all(actual[a] == v for a, v in job.sums.items()):
+            job.actual = actual
             return
         with contextlib.suppress(FileNotFoundError):
             job.partial.unlink()
@@ -503,7 +552,7 @@ class Downloader:
                 # The kept part may already be the whole file.
                 m = _UNSATISFIED_RANGE.match(resp.headers.get("content-range", ""))
                 if m is not None and int(m.group(1)) == offset:
-                    self._verify(_hash_file(job.partial, job.sums), job, resumed=True)
+                    self._verify(_hash_file(job.partial, job.algos), job, resumed=True)
                     return offset
                 raise _Restart("server refused the range (416)")
             if status >= 500 or status in (408, 429):
@@ -516,14 +565,14 @@ class Downloader:
                     raise _Restart(f"inconsistent partial response "
                                    f"(Content-Range {resp.headers.get('content-range')!r} "
                                    f"for offset {offset})")
-                hashers = _hash_file(job.partial, job.sums)
+                hashers = _hash_file(job.partial, job.algos)
                 mode = "ab"
                 total: int | None = cr[2]
                 resumed = True
                 log.debug("%s: resuming at byte %d", url, offset)
             elif status == 200:
                 # No Range support (or none asked): the body is the whole file.
-                hashers = _Hashers(job.sums)
+                hashers = _Hashers(job.algos)
                 mode = "wb"
                 offset = 0
                 length = resp.headers.get("content-length")
