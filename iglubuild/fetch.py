@@ -31,14 +31,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
-
-import httpx
-from tqdm import tqdm
+from typing import IO, TYPE_CHECKING, Protocol
 
 from iglubuild import __version__
 from iglubuild.errors import FetchError
 from iglubuild.settings import Settings
+
+if TYPE_CHECKING:  # httpx and tqdm load only when something is downloaded
+    import httpx
+    from tqdm import tqdm
 
 log = logging.getLogger("iglubuild.fetch")
 
@@ -48,6 +49,7 @@ ALGORITHMS = ("sha256", "sha512")
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _BUF = 1 << 20
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_HEX = re.compile(r"[0-9a-f]+")
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
@@ -174,7 +176,7 @@ def _cache_key(sums: dict[str, str]) -> tuple[str, str]:
 
 def cache_entry(distfiles: Path, algo: str, hexsum: str) -> Path:
     """Where the file with this checksum lives in the cache."""
-    if len(hexsum) != _HEX_LEN[algo] or not all(c in "0123456789abcdef" for c in hexsum):
+    if len(hexsum) != _HEX_LEN[algo] or not _HEX.fullmatch(hexsum):
         raise FetchError(f"invalid {algo} checksum {hexsum!r}",
                          hint=f"a {algo} is {_HEX_LEN[algo]} hexadecimal digits")
     return distfiles / f"by-{algo}" / hexsum
@@ -208,8 +210,10 @@ def _link_name(distfiles: Path, filename: str, entry: Path) -> None:
     """Point the readable name at the cache entry (atomically; never over a real file)."""
     if not filename or "/" in filename or filename.startswith("."):
         return
-    link = distfiles / filename
-    target = os.path.relpath(entry, distfiles)
+    link = os.path.join(distfiles, filename)
+    # Entries are always distfiles/by-<algo>/<hex>: the relative target is
+    # known without os.path.relpath (which costs more than the rest here).
+    target = f"{entry.parent.name}/{entry.name}"
     try:
         if os.readlink(link) == target:
             return
@@ -218,9 +222,9 @@ def _link_name(distfiles: Path, filename: str, entry: Path) -> None:
     except OSError:
         # A real file of that name (e.g. put there by hand): leave it alone.
         return
-    tmp = distfiles / f".{filename}.{os.getpid()}.{threading.get_ident()}.lnk"
+    tmp = os.path.join(distfiles, f".{filename}.{os.getpid()}.{threading.get_ident()}.lnk")
     with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+        os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
 
@@ -367,6 +371,8 @@ class Downloader:
     # The client is made on first use so a fully cached fetch never builds one.
     @property
     def client(self) -> httpx.Client:
+        import httpx
+
         with self._lock:
             if self._client is None:
                 n = max(1, self.options.parallel)
@@ -394,6 +400,8 @@ class Downloader:
         if not self.show_progress:
             yield None
             return
+        from tqdm import tqdm
+
         with self._lock:
             slot = self._slots.pop() if self._slots else 1
         bar = tqdm(total=total, initial=initial, desc=desc[:30], unit="B", unit_scale=True,
@@ -515,6 +523,8 @@ class Downloader:
         time.sleep(delay * (1 + 0.25 * random.random()))
 
     def _fetch_http(self, url: str, job: _Job) -> int:
+        import httpx
+
         last = "no attempt"
         attempts = self.options.retries + 1
         allow_range = True
@@ -689,6 +699,8 @@ def fetch_sources(
 
 def _download_all(jobs: list[_Job], settings: Settings,
                   options: FetchOptions) -> list[Outcome]:
+    from tqdm import tqdm
+
     downloader = Downloader(settings, options)
     overall = tqdm(total=len(jobs), desc="fetch", unit="file", position=0, leave=False,
                    file=sys.stderr, disable=not downloader.show_progress)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from iglubuild.commands._common import load, say
-from iglubuild.fetch import FetchOptions, fetch_sources
 from iglubuild.settings import Settings
 
 NAME = "fetch"
@@ -30,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.fetch import FetchOptions, fetch_sources
+
     tree, graph = load(settings)
     order = graph.order(args.names or None)
     items = [(name, src) for name in order for src in tree[name].recipe.sources if src.url]
