@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from iglubuild.fetch import (
     cached_path,
     fetch_sources,
 )
+from iglubuild.recipe import Source
 from iglubuild.settings import Settings
 from tests.fault_server import Fault, FaultServer
 
@@ -33,22 +33,9 @@ FAST = FetchOptions(retries=3, backoff=0.01, read_timeout=1.0, connect_timeout=2
                     progress=False)
 
 
-@dataclass(frozen=True)
-class Src:
-    """Stand-in with the fields of iglubuild.recipe.Source that fetch reads."""
-
-    url: str | None = None
-    sha256: str | None = None
-    sha512: str | None = None
-    filename: str | None = None
-    unverified: str | None = None
-    file: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        if self.filename:
-            return self.filename
-        return (self.url or "").rstrip("/").rsplit("/", 1)[-1]
+def Src(**fields: str | None) -> Source:  # noqa: N802 - reads like the class it builds
+    """A real recipe Source (validated by the recipe model), as load_tree makes them."""
+    return Source(**fields)
 
 
 def sha256(data: bytes) -> str:

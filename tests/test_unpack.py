@@ -14,13 +14,13 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from iglubuild.fetch import FetchOptions, fetch_sources
+from iglubuild.recipe import LoadedRecipe, load_recipe
 from iglubuild.settings import Settings
 from iglubuild.unpack import (
     PatchError,
@@ -29,29 +29,9 @@ from iglubuild.unpack import (
     prepare_source,
     unpack_archive,
 )
-from tests.test_fetch import DISTFILES, Src
+from tests.test_fetch import DISTFILES
 
 FAST = FetchOptions(backoff=0.01, progress=False)
-
-
-@dataclass
-class FakeRecipe:
-    """Stand-in with the fields of iglubuild.recipe.Recipe that prepare_source reads."""
-
-    name: str
-    version: str
-    sources: list[Src]
-    patches: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FakeLoaded:
-    recipe: FakeRecipe
-    path: Path
-
-    @property
-    def dir(self) -> Path:
-        return self.path.parent
 
 
 def sha256_file(path: Path) -> str:
@@ -65,20 +45,23 @@ def settings(tmp_path: Path) -> Settings:
 
 def recipe_with(tmp_path: Path, settings: Settings, name: str, version: str,
                 archives: list[Path], files: dict[str, str] | None = None,
-                patches: dict[str, str] | None = None) -> FakeLoaded:
-    """A recipe folder whose url sources are the given archives, fetched into the cache."""
+                patches: dict[str, str] | None = None) -> LoadedRecipe:
+    """A real recipe.yaml whose url sources are the given archives, fetched into the cache."""
     rdir = tmp_path / "recipes" / "base" / name
     rdir.mkdir(parents=True, exist_ok=True)
-    (rdir / "recipe.yaml").write_text(f"name: {name}\nversion: {version}\n")
-    sources = [Src(url=a.as_uri(), sha256=sha256_file(a)) for a in archives]
-    fetch_sources([(name, s) for s in sources], settings, FAST)
+    lines = [f"name: {name}", f"version: '{version}'", "sources:"]
+    for a in archives:
+        lines += [f"  - url: {a.as_uri()}", f"    sha256: {sha256_file(a)}"]
     for fname, text in (files or {}).items():
         (rdir / fname).write_text(text)
-        sources.append(Src(file=fname))
+        lines.append(f"  - file: {fname}")
     for pname, text in (patches or {}).items():
         (rdir / pname).write_text(text)
-    return FakeLoaded(FakeRecipe(name, version, sources, list(patches or {})),
-                      rdir / "recipe.yaml")
+    lines.append(f"patches: [{', '.join(patches or {})}]")
+    (rdir / "recipe.yaml").write_text("\n".join(lines) + "\n")
+    lr = load_recipe(rdir / "recipe.yaml")
+    fetch_sources([(name, s) for s in lr.recipe.sources], settings, FAST)
+    return lr
 
 
 def make_patch(old: str, new: str, rel: str) -> str:
@@ -328,9 +311,10 @@ def test_prepare_source_needs_fetch_first(tmp_path, settings):
     shutil.copy(DISTFILES / "lua-5.4.4.tar.gz", archive)
     rdir = tmp_path / "r" / "x"
     rdir.mkdir(parents=True)
-    lr = FakeLoaded(FakeRecipe("x", "1", [Src(url="https://example.invalid/x-1.tar.gz",
-                                              sha256=sha256_file(archive))]),
-                    rdir / "recipe.yaml")
+    (rdir / "recipe.yaml").write_text(
+        "name: x\nversion: '1'\nsources:\n  - url: https://example.invalid/x-1.tar.gz\n"
+        f"    sha256: {sha256_file(archive)}\n")
+    lr = load_recipe(rdir / "recipe.yaml")
     from iglubuild.errors import FetchError
     with pytest.raises(FetchError, match="not in the distfiles cache") as info:
         prepare_source(lr, settings, tmp_path / "w")
