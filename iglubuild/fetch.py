@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
@@ -367,6 +367,9 @@ class Downloader:
         show = options.progress if options.progress is not None else sys.stderr.isatty()
         self.show_progress = bool(show)
         self._slots = list(range(options.parallel, 0, -1))
+        # Set on Ctrl-C: running downloads stop at their next chunk and keep
+        # their partial file, so the next run resumes them.
+        self.cancelled = threading.Event()
 
     # The client is made on first use so a fully cached fetch never builds one.
     @property
@@ -520,7 +523,8 @@ class Downloader:
 
     def _backoff(self, attempt: int) -> None:
         delay = min(self.options.backoff_cap, self.options.backoff * (2 ** attempt))
-        time.sleep(delay * (1 + 0.25 * random.random()))
+        if self.cancelled.wait(delay * (1 + 0.25 * random.random())):
+            raise _Cancelled()
 
     def _fetch_http(self, url: str, job: _Job) -> int:
         import httpx
@@ -593,7 +597,10 @@ class Downloader:
             size = offset
             with open(job.partial, mode) as out, \
                     self._bar(source_name(job.source), total, initial=offset) as bar:
-                size += _stream(resp, out, hashers, bar)
+                size += _stream(resp, out, hashers, bar, self.cancelled)
+        if self.cancelled.is_set():
+            # The body may have ended only because the client was closed.
+            raise _Cancelled()
         self._verify(hashers, job, resumed=resumed)
         return size
 
@@ -602,12 +609,19 @@ class _RetryableStatus(Exception):
     """5xx, 408 or 429: the server may answer next time."""
 
 
-def _stream(resp: httpx.Response, out: IO[bytes], hashers: _Hashers, bar: tqdm | None) -> int:
+class _Cancelled(Exception):
+    """The user interrupted the fetch."""
+
+
+def _stream(resp: httpx.Response, out: IO[bytes], hashers: _Hashers, bar: tqdm | None,
+            cancelled: threading.Event) -> int:
     """Body to file and hashers in one pass; returns the byte count."""
     n = 0
     write = out.write
     update = hashers.update
     for chunk in resp.iter_raw():
+        if cancelled.is_set():
+            raise _Cancelled()
         write(chunk)
         update(chunk)
         n += len(chunk)
@@ -716,10 +730,23 @@ def _download_all(jobs: list[_Job], settings: Settings,
         return Outcome(job.package, source_name(job.source), "downloaded" if url else "reused",
                        path=job.entry, url=url or None, size=size if url else 0)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, min(options.parallel, len(jobs))),
+                              thread_name_prefix="fetch")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(options.parallel, len(jobs))),
-                                thread_name_prefix="fetch") as pool:
-            return list(pool.map(one, jobs))
+        futures = [pool.submit(one, job) for job in jobs]
+        # Wait in short slices: a thread blocked on a lock does not see
+        # Ctrl-C until it wakes, and the user should not wait for the network.
+        while wait(futures, timeout=0.2).not_done:
+            pass
+        return [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C: stop queued jobs, make running ones give up at their next
+        # chunk (closing the client wakes those waiting on the network).
+        downloader.cancelled.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        downloader.close()
+        raise
     finally:
+        pool.shutdown(wait=True)
         overall.close()
         downloader.close()

@@ -406,3 +406,50 @@ def test_cached_path_of_missing_file(settings, payload):
     src = Src(url="http://127.0.0.1:9/x.tar.gz", sha256=sha256(payload))
     with pytest.raises(FetchError, match="not in the distfiles cache"):
         cached_path(src, settings)
+
+
+def test_ctrl_c_stops_promptly_and_the_next_run_resumes(server, settings):
+    import _thread
+    import threading
+    import time
+
+    data = os.urandom(600_000)
+    url = server.add("/big.tar.gz", data,
+                     Fault("trickle", times=1, chunk=20_000, delay=0.05))
+    src = Src(url=url, sha256=sha256(data))
+    timer = threading.Timer(0.6, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        fetch_sources([("big", src)], settings, FAST)
+    assert time.monotonic() - start < 2.0  # the trickle alone would take 1.5 s more
+    partial = settings.distfiles_dir / ".partial" / f"sha256-{sha256(data)}"
+    kept = partial.stat().st_size
+    assert 0 < kept < len(data)
+    assert not entry_of(settings, data).exists()
+    fetch_sources([("big", src)], settings, FAST)
+    assert entry_of(settings, data).read_bytes() == data
+    assert server.requests_for("/big.tar.gz")[-1][1] == f"bytes={kept}-"
+
+
+def test_two_fetchers_sharing_a_cache_download_once(server, settings):
+    """Two iglubuild runs on one distfiles folder: the second waits on the lock, then reuses."""
+    import threading
+
+    data = os.urandom(300_000)
+    url = server.add("/shared.tar.gz", data, Fault("trickle", chunk=30_000, delay=0.02))
+    src = Src(url=url, sha256=sha256(data))
+    reports = []
+
+    def run() -> None:
+        reports.append(fetch_sources([("s", src)], settings, FAST))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(r.downloaded) for r in reports) == [0, 1]
+    assert sorted(len(r.reused) for r in reports) == [0, 1]
+    assert len(server.requests) == 1
+    assert entry_of(settings, data).read_bytes() == data
