@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +43,8 @@ if TYPE_CHECKING:  # httpx and tqdm load only when something is downloaded
 
 log = logging.getLogger("iglubuild.fetch")
 
-# Checksum algorithms a recipe may give, strongest key first is not the point:
-# sha256 is the common one, so it names the cache entry when both are given.
+# Checksum algorithms a recipe may give. When a source gives both, all are
+# verified and the first one here names the cache entry.
 ALGORITHMS = ("sha256", "sha512")
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _BUF = 1 << 20
@@ -424,15 +424,18 @@ class Downloader:
 
         Raises FetchError naming every URL tried and what went wrong there.
         """
+        if job.entry is None:
+            raise ValueError("download() needs a cache entry; see download_unverified()")
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         job.entry.parent.mkdir(parents=True, exist_ok=True)
-        assert job.entry is not None
-        with self._file_lock(job.partial):
+        with self._file_lock(job.partial) as done:
             if job.entry.is_file():  # another iglubuild fetched it while we waited
+                done()
                 return "", job.entry.stat().st_size
             url, size = self._from_candidates(job)
             os.chmod(job.partial, 0o644)
             os.replace(job.partial, job.entry)
+            done()
             return url, size
 
     def download_unverified(self, package: str, source: SourceLike,
@@ -468,18 +471,29 @@ class Downloader:
         raise FetchError("; ".join(tried))
 
     @contextlib.contextmanager
-    def _file_lock(self, partial: Path) -> Iterator[None]:
-        # Two iglubuild processes sharing a distfiles folder must not write the
-        # same partial file; the second one waits and then finds the entry.
+    def _file_lock(self, partial: Path) -> Iterator[Callable[[], None]]:
+        """Hold `<partial>.lock` so two iglubuild runs never write the same partial file.
+
+        The second run waits, then finds the cache entry. The lock file is
+        removed only once the entry exists (call the yielded `done`): after a
+        failure it stays, or a third run could lock a new file of the same
+        name while the second still writes.
+        """
         lock_path = partial.with_name(partial.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        finished = False
+
+        def done() -> None:
+            nonlocal finished
+            finished = True
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield done
         finally:
-            # Safe to unlink while locked: a waiter re-checks the entry after locking.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path)
+            if finished:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)
             os.close(fd)
 
     def _fetch_url(self, url: str, job: _Job) -> int:
@@ -548,6 +562,9 @@ class Downloader:
             except _RetryableStatus as exc:
                 log.debug("%s: %s (attempt %d of %d)", url, exc, attempt + 1, attempts)
                 last = str(exc)
+            except (httpx.UnsupportedProtocol, httpx.TooManyRedirects, httpx.InvalidURL) as exc:
+                # Retrying cannot help (e.g. a redirect to ftp:// or a loop).
+                raise _NotThere(f"{type(exc).__name__}: {exc}") from exc
             except httpx.TimeoutException as exc:
                 last = f"timed out ({type(exc).__name__})"
                 log.debug("%s: %s (attempt %d of %d)", url, last, attempt + 1, attempts)

@@ -453,3 +453,11 @@ def test_two_fetchers_sharing_a_cache_download_once(server, settings):
     assert sorted(len(r.reused) for r in reports) == [0, 1]
     assert len(server.requests) == 1
     assert entry_of(settings, data).read_bytes() == data
+
+
+def test_redirect_loop_is_not_retried(server, settings, payload):
+    url = server.add("/loop.tar.gz", b"", Fault("redirect", target="/loop.tar.gz"))
+    with pytest.raises(FetchFailed) as info:
+        fetch_sources([("loop", Src(url=url, sha256=sha256(payload)))], settings, FAST)
+    assert "TooManyRedirects" in info.value.message
+    assert len(server.requests) == 21  # httpx's redirect limit (20), once: no retries
