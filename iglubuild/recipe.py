@@ -41,6 +41,7 @@ RECIPE_FILE = "recipe.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~]*$")
 HEX_RE = re.compile(r"^[0-9a-f]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 KNOWN_OPTIONS = ("no-check", "no-distcc", "no-parallel")
 SUBPACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+._]*$")
@@ -340,14 +341,15 @@ def _decode(path: Path, data: bytes) -> tuple[str | None, Problem | None]:
         col = exc.start - (before.rfind(b"\n") + 1) + 1
         return None, Problem(str(path), line, col, "not UTF-8 text",
                              "recipes must be UTF-8 encoded YAML")
-    for index, char in enumerate(text):
-        if char == "\x00" or (ord(char) < 32 and char not in "\t\n\r"):
-            before = text[:index]
-            line = before.count("\n") + 1
-            col = index - (before.rfind("\n") + 1) + 1
-            return None, Problem(str(path), line, col,
-                                 f"control character {char!r} in recipe",
-                                 "recipes are plain text; is this a binary file?")
+    bad = _CONTROL_RE.search(text)
+    if bad is not None:
+        index = bad.start()
+        before = text[:index]
+        line = before.count("\n") + 1
+        col = index - (before.rfind("\n") + 1) + 1
+        return None, Problem(str(path), line, col,
+                             f"control character {bad.group()!r} in recipe",
+                             "recipes are plain text; is this a binary file?")
     return text, None
 
 
@@ -387,6 +389,8 @@ _FIELD_HINTS = {
     "backup": "expected a list of paths, e.g. backup: [etc/foo.conf]",
     "version": "quote it if YAML reads it as a number: version: '1.10'",
     "release": "a positive integer, e.g. release: 1",
+    "sha256": "quote checksums that YAML could read as a number: sha256: '0123...'",
+    "sha512": "quote checksums that YAML could read as a number: sha512: '0123...'",
 }
 
 _ALL_FIELDS = tuple(Recipe.model_fields)
@@ -422,7 +426,9 @@ def _pydantic_problems(path: Path, text: str, exc: ValidationError) -> list[Prob
         loc = tuple(err["loc"])
         kind = err["type"]
         top = str(loc[0]) if loc else ""
-        hint = _FIELD_HINTS.get(top)
+        last = loc[-1] if loc else ""
+        hint = _FIELD_HINTS.get(last) if isinstance(last, str) and last in _FIELD_HINTS \
+            else _FIELD_HINTS.get(top)
         if kind == "extra_forbidden":
             key = str(loc[-1])
             choices = _SOURCE_FIELDS if "sources" in loc[:-1] else _ALL_FIELDS
