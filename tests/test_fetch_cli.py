@@ -239,3 +239,18 @@ def test_checksum_from_a_file_mirror(cli, recipes, tmp_path):
     digest = sha256((DISTFILES / "musl-1.2.3.tar.gz").read_bytes())
     assert f"sha256: {digest}" in path.read_text() and "unverified" not in path.read_text()
     assert os.path.isfile(tmp_path / "distfiles" / "by-sha256" / digest)
+
+
+def test_checksum_unreachable_source_exit_3(cli, recipes, tmp_path, server):
+    path = write_recipe(recipes, "lua", f"""
+        name: lua
+        version: 5.4.4
+        sources:
+          - url: {server.base}/nowhere/lua-{{version}}.tar.gz
+            unverified: new
+        """)
+    before = path.read_text()
+    r = cli("checksum", *args(recipes, tmp_path, "lua"))
+    assert r.code == 3
+    assert "HTTP 404" in r.err and "Traceback" not in r.err
+    assert path.read_text() == before

@@ -320,3 +320,16 @@ def test_prepare_source_needs_fetch_first(tmp_path, settings):
         prepare_source(lr, settings, tmp_path / "w")
     assert "iglubuild fetch" in info.value.hint
     assert not (tmp_path / "w" / "src").exists()
+
+
+@pytest.mark.slow
+def test_every_real_tarball_unpacks(tmp_path):
+    """No upstream tarball in ../shared/distfiles trips the safety checks."""
+    archives = sorted(p for p in DISTFILES.iterdir() if archive_kind(p.name))
+    assert len(archives) >= 20
+    for archive in archives:
+        dest = tmp_path / archive.name
+        dest.mkdir()
+        top = unpack_archive(archive, dest)
+        assert top is not None and top.is_dir(), archive.name
+        shutil.rmtree(dest)
