@@ -117,14 +117,21 @@ def run_child(argv: list[str]) -> tuple[float, int, str]:
     return wall, peak, out.decode()
 
 
-def curl_round(srv: FaultServer, names: list[str], dest: Path) -> tuple[float, int]:
+def curl_round(srv: FaultServer, names: list[str], dest: Path) -> tuple[float, int, float]:
+    """curl --parallel alone, then (like-for-like) the checksum a user would compute after it."""
     dest.mkdir()
     argv = ["curl", "--silent", "--show-error", "--fail", "--parallel", "--parallel-max", "4"]
     for name in names:
         argv += ["-o", str(dest / name), srv.url(f"/{name}")]
     wall, rss, _ = run_child(argv)
+    start = time.perf_counter()
+    # openssl uses the CPU's SHA instructions (coreutils' sha256sum does not).
+    tool = ["openssl", "dgst", "-sha256"] if shutil.which("openssl") else ["sha256sum"]
+    subprocess.run([*tool, *[str(dest / n) for n in names]], check=True,
+                   stdout=subprocess.DEVNULL)
+    verify = time.perf_counter() - start
     shutil.rmtree(dest)
-    return wall, rss
+    return wall, rss, wall + verify
 
 
 def fetch_round(srv: FaultServer, files: list[tuple[Path, str]],
@@ -153,8 +160,9 @@ def measure(total_mib: int, count: int, rounds: int, tmp: Path) -> dict[str, lis
             srv.add(f"/{p.name}", p)
         names = [p.name for p, _ in files]
         for r in range(rounds):
-            wall, rss = curl_round(srv, names, tmp / f"curl-{r}")
+            wall, rss, with_sum = curl_round(srv, names, tmp / f"curl-{r}")
             res["curl"].append(total / wall / 1e6)
+            res.setdefault("curl_sum", []).append(total / with_sum / 1e6)
             res.setdefault("curl_cpu", []).append(CPU_SECONDS[-1] / (total / 2**30))
             res["curl_rss"].append(rss)
             wall, inner, rss = fetch_round(srv, files, tmp / f"fetch-{r}")
@@ -189,6 +197,10 @@ def main() -> int:
     print(f"  iglubuild fetch : {', '.join(f'{x:.0f}' for x in big['fetch'])} MB/s "
           f"(median {med:.0f}; timed inside the child), "
           f"peak RSS {max(big['fetch_rss']) / 1024:.1f} MiB")
+    med_sum = sorted(big["curl_sum"])[len(big["curl_sum"]) // 2]
+    print(f"  curl then openssl dgst -sha256 (verified, like fetch): "
+          f"{', '.join(f'{x:.0f}' for x in big['curl_sum'])} MB/s (median {med_sum:.0f}); "
+          f"fetch/that {med / med_sum:.2f}")
     print(f"  fetch incl. Python start-up: {', '.join(f'{x:.0f}' for x in big['fetch_wall'])}"
           " MB/s")
     print(f"  CPU seconds per GiB: curl {min(big['curl_cpu']):.2f}, "
