@@ -50,6 +50,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.owner._lock:
+            self.server.owner.connections += 1
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         srv = self.server.owner
         srv.enter()
@@ -169,6 +174,7 @@ class FaultServer:
         self._fault_uses: dict[str, int] = {}
         self.requests: list[tuple[str, str | None, int]] = []
         self.active = 0
+        self.connections = 0  # TCP connections accepted (keep-alive reuses them)
         self.max_active = 0  # most requests served at once
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)

@@ -461,3 +461,12 @@ def test_redirect_loop_is_not_retried(server, settings, payload):
         fetch_sources([("loop", Src(url=url, sha256=sha256(payload)))], settings, FAST)
     assert "TooManyRedirects" in info.value.message
     assert len(server.requests) == 21  # httpx's redirect limit (20), once: no retries
+
+
+def test_one_client_reuses_connections(server, settings):
+    blobs = [os.urandom(50_000 + i) for i in range(6)]
+    items = [(f"k{i}", Src(url=server.add(f"/k/{i}.tar.gz", b), sha256=sha256(b)))
+             for i, b in enumerate(blobs)]
+    fetch_sources(items, settings, FetchOptions(parallel=1, progress=False))
+    assert len(server.requests) == 6
+    assert server.connections == 1  # HTTP/1.1 keep-alive through one httpx client
