@@ -442,6 +442,8 @@ class Downloader:
                             algos: Sequence[str] = ("sha256",)) -> Downloaded:
         """Download a source whose checksum is not known yet, computing `algos`.
 
+        Nothing can be verified, so the source's own URL is tried first and
+        mirrors only after it (a checksum should describe upstream's file).
         The file stays in a temporary place until the caller decides (see
         `store`): `iglubuild checksum` writes the sum first, then caches it.
         """
@@ -451,16 +453,19 @@ class Downloader:
             partial.unlink()
         job = _Job(package, source, {}, None, partial, algos=tuple(algos))
         try:
-            url, size = self._from_candidates(job)
+            url, size = self._from_candidates(job, upstream_first=True)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
             raise
         return Downloaded(url, size, dict(job.actual), partial)
 
-    def _from_candidates(self, job: _Job) -> tuple[str, int]:
+    def _from_candidates(self, job: _Job, *, upstream_first: bool = False) -> tuple[str, int]:
         tried: list[str] = []
-        for url, mirror in candidate_urls(job.source, self.settings.mirrors):
+        candidates = candidate_urls(job.source, self.settings.mirrors)
+        if upstream_first:
+            candidates = candidates[-1:] + candidates[:-1] if job.source.url else candidates
+        for url, mirror in candidates:
             where = f"{url} (mirror {mirror})" if mirror else url
             try:
                 return url, self._fetch_url(url, job)

@@ -225,13 +225,13 @@ def test_checksum_sha512_source_and_offline_and_unknown(cli, recipes, tmp_path, 
     assert r.code == 2 and "did you mean opendoas" in r.err
 
 
-def test_checksum_from_a_file_mirror(cli, recipes, tmp_path):
-    """Where only an offline folder of tarballs is reachable, it serves as the mirror."""
-    path = write_recipe(recipes, "musl", """
+def test_checksum_from_a_file_mirror(cli, recipes, tmp_path, server):
+    """Where upstream does not have the file, an offline folder of tarballs serves."""
+    path = write_recipe(recipes, "musl", f"""
         name: musl
         version: 1.2.3
         sources:
-          - url: https://musl.libc.org/releases/musl-{version}.tar.gz
+          - url: {server.base}/releases/musl-{{version}}.tar.gz
             unverified: to be checked
         """)
     r = cli("checksum", *args(recipes, tmp_path, "--mirror", DISTFILES.as_uri(), "musl"))
@@ -254,3 +254,19 @@ def test_checksum_unreachable_source_exit_3(cli, recipes, tmp_path, server):
     assert r.code == 3
     assert "HTTP 404" in r.err and "Traceback" not in r.err
     assert path.read_text() == before
+
+
+def test_checksum_prefers_upstream_over_mirrors(cli, recipes, tmp_path, server, tarballs):
+    """A checksum describes upstream's file: the URL goes first, mirrors are a fallback."""
+    server.add("/mirror/lua-5.4.4.tar.gz", b"a mirror's stale copy")
+    path = write_recipe(recipes, "lua", f"""
+        name: lua
+        version: 5.4.4
+        sources:
+          - url: {server.base}/dl/lua-{{version}}.tar.gz
+            unverified: new
+        """)
+    r = cli("checksum", *args(recipes, tmp_path, "--mirror", server.url("/mirror"), "lua"))
+    assert r.code == 0, r.err
+    assert f"sha256: {sha256(tarballs['lua-5.4.4.tar.gz'])}" in path.read_text()
+    assert [p for p, _, _ in server.requests] == ["/dl/lua-5.4.4.tar.gz"]

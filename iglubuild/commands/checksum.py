@@ -227,29 +227,38 @@ def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
         if source.url is None:
             continue
         item = items[index]
-        algo = "sha512" if source.sha512 and not source.sha256 else "sha256"
-        old = item.get(algo)
+        # Verify every sum the source gives; a source without one gets a sha256.
+        algos = [a for a in ("sha256", "sha512") if getattr(source, a)] or ["sha256"]
         name = source_name(source)
         try:
-            got = downloader.download_unverified(recipe.name, source, (algo,))
+            got = downloader.download_unverified(recipe.name, source, algos)
         except FetchError as exc:
             problems.append(f"{recipe.name}: {name}: {exc.message}")
             continue
-        new = got.sums[algo]
-        if old is None:
-            say(f"{recipe.name}: {name}: {algo} {new} (from {got.url})")
-        elif str(old) == new:
-            say(f"{recipe.name}: {name}: {algo} verified (from {got.url})")
-        elif update:
-            say(f"{recipe.name}: {name}: {algo} changed (from {got.url})\n"
-                f"  old {old}\n  new {new}")
-        else:
+        writes: dict[str, str] = {}
+        refused = False
+        for algo in algos:
+            old, new = item.get(algo), got.sums[algo]
+            if old is None:
+                say(f"{recipe.name}: {name}: {algo} {new} (from {got.url})")
+                writes[algo] = new
+            elif str(old) == new:
+                say(f"{recipe.name}: {name}: {algo} verified (from {got.url})")
+            elif update:
+                say(f"{recipe.name}: {name}: {algo} changed (from {got.url})\n"
+                    f"  old {old}\n  new {new}")
+                writes[algo] = new
+            else:
+                problems.append(f"{recipe.name}: {name}: checksum mismatch: the recipe has "
+                                f"{algo} {old}, {got.url} has {new}")
+                refused = True
+        if refused:
             got.path.unlink()
-            problems.append(f"{recipe.name}: {name}: checksum mismatch: the recipe has "
-                            f"{algo} {old}, {got.url} has {new}")
             continue
-        if old is None or str(old) != new or "unverified" in item:
+        for algo, new in writes.items():
             _set_checksum(item, algo, new)
+        if writes or "unverified" in item:
+            _drop_unverified(item)
             changed = True
         store(got.path, got.sums, name, settings)
     if changed:
