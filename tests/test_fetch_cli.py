@@ -270,3 +270,43 @@ def test_checksum_prefers_upstream_over_mirrors(cli, recipes, tmp_path, server, 
     assert r.code == 0, r.err
     assert f"sha256: {sha256(tarballs['lua-5.4.4.tar.gz'])}" in path.read_text()
     assert [p for p, _, _ in server.requests] == ["/dl/lua-5.4.4.tar.gz"]
+
+
+# (recipe text, the lines checksum replaces or adds): every other byte must survive.
+LAYOUTS = {
+    "blank-line-and-comment-after-mark": (
+        "name: lua\nversion: 5.4.4\nsources:\n  - url: {url}\n    filename: lua.tgz\n"
+        "    unverified: new\n\n# end of sources\nbuild: make\n",
+        "    unverified: new\n", "    sha256: {sum}\n"),
+    "blank-line-before-next-source": (
+        "name: lua\nversion: 5.4.4\nsources:\n  - url: {url}\n\n  # local\n  - file: lua.pc\n",
+        "  - url: {url}\n", "  - url: {url}\n    sha256: {sum}\n"),
+    "comment-on-url-line-and-after": (
+        "name: lua\nversion: 5.4.4\nsources:\n  - url: {url}  # upstream\n  # local\n"
+        "  - file: lua.pc\n",
+        "  # upstream\n", "  # upstream\n    sha256: {sum}\n"),
+    "zero-indented-sequence": (
+        "name: lua\nversion: 5.4.4\nsources:\n- url: {url}\n  unverified: new  # why\n"
+        "- file: lua.pc\ndeps: []\n",
+        "  unverified: new  # why\n", "  sha256: {sum}\n"),
+    "flow-style-source": (
+        "name: lua\nversion: 5.4.4\nsources: [{{url: '{url}'}}]\n",
+        "{{url: '{url}'}}", "{{url: '{url}', sha256: {sum}}}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUTS))
+def test_checksum_changes_only_the_checksum_line(cli, recipes, tmp_path, server, tarballs,
+                                                 case):
+    template, old, new = LAYOUTS[case]
+    url = f"{server.base}/dl/lua-{{version}}.tar.gz"
+    digest = sha256(tarballs["lua-5.4.4.tar.gz"])
+    text = template.format(url=url)
+    path = recipes / "base" / "lua" / "recipe.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    (path.parent / "lua.pc").write_text("Name: lua\n")
+    r = cli("checksum", *args(recipes, tmp_path, "lua"))
+    assert r.code == 0, r.err
+    assert path.read_text() == text.replace(old.format(url=url),
+                                            new.format(url=url, sum=digest), 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import difflib
 import io
 import os
@@ -122,7 +123,8 @@ def _split_comment(token: Any) -> tuple[str | None, str]:
     if value.startswith("#"):
         first, _, rest = value.partition("\n")
         return first, rest
-    return None, value.lstrip("\n") if value.startswith("\n") else value
+    # No comment on the line itself: the first newline ends that line.
+    return None, value[1:] if value.startswith("\n") else value
 
 
 def _move_trailing(item: CommentedMap, from_key: str, to_key: str, *, keep_eol: bool) -> None:
@@ -137,6 +139,7 @@ def _move_trailing(item: CommentedMap, from_key: str, to_key: str, *, keep_eol: 
         return
     token = entry[2]
     eol, rest = _split_comment(token)
+    moved = copy.copy(token)  # the comment lines get their own token
     if keep_eol and eol is not None:
         token.value = eol + "\n"
     else:
@@ -147,8 +150,8 @@ def _move_trailing(item: CommentedMap, from_key: str, to_key: str, *, keep_eol: 
     if target and len(target) >= 3 and target[2] is not None:
         target[2].value = target[2].value + rest
     else:
-        token.value = "\n" + rest
-        item.ca.items[to_key] = [None, None, token, None]
+        moved.value = "\n" + rest
+        item.ca.items[to_key] = [None, None, moved, None]
 
 
 def _set_checksum(item: CommentedMap, algo: str, value: str) -> None:
