@@ -388,12 +388,14 @@ class Plan:
 
     def describe_dry_run(self) -> list[str]:
         """Lines for `--dry-run`: the waves, then the critical path."""
-        lines = []
-        for i, wave in enumerate(self.waves()):
+        waves = self.waves()
+        lines = [f"build plan: {len(self.packages)} package(s) in {len(waves)} wave(s)"]
+        for i, wave in enumerate(waves):
             lines.append(f"wave {i + 1}: " + " ".join(wave))
         path, seconds = self.critical_path()
         if path:
-            lines.append(f"critical path ({seconds:.0f} s estimated): " + " -> ".join(path))
+            lines.append(f"critical path ({len(path)} packages, {seconds:.0f} s estimated): "
+                         + " -> ".join(path))
         up = len(self.up_to_date())
         lines.append(f"{len(self.to_build())} to build, {up} up to date")
         return lines

@@ -76,11 +76,12 @@ def test_dry_run_prints_waves_and_builds_nothing(tree_dir: Path, tmp_path: Path)
     code, out, _ = run(names=["curl"], dry_run=True)
     assert code == 0 and run.builders == []
     assert out.splitlines() == [
+        "build plan: 5 package(s) in 4 wave(s)",
         "wave 1: musl",
         "wave 2: pkgconf zlib",
         "wave 3: openssl",
         "wave 4: curl",
-        "critical path (4 s estimated): musl -> zlib -> openssl -> curl",
+        "critical path (4 packages, 4 s estimated): musl -> zlib -> openssl -> curl",
         "5 to build, 0 up to date",
     ]
 

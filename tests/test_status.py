@@ -6,17 +6,23 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from iglubuild.commands._common import load
+from iglubuild.executors import make_executor
 from iglubuild.plan import StateStore, make_plan
+from iglubuild.settings import Settings
 from tests.conftest import CliResult
-from tests.plan_fixtures import load, make_tree
+from tests.plan_fixtures import make_tree
 
 Cli = Callable[..., CliResult]
 
 
 def record_builds(tree_dir: Path, build_dir: Path, failed: dict[str, str] | None = None) -> None:
-    tree, graph = load(tree_dir)
+    """Records as a real host build would leave them (same graph, same toolchain id)."""
+    settings = Settings(recipes=tree_dir, build_dir=build_dir)
+    tree, graph = load(settings)
     state = StateStore(build_dir)
-    for name, pkg in make_plan(tree, graph, "tc-1", state).packages.items():
+    toolchain = make_executor(settings).toolchain_id()
+    for name, pkg in make_plan(tree, graph, toolchain, state).packages.items():
         if failed and name in failed:
             state.write(pkg.new_record("failed", duration=0, log=failed[name]))
         else:
