@@ -14,6 +14,7 @@ from dataclasses import replace
 from iglubuild.build import PHASES
 from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.commands._common import load, say
+from iglubuild.recipe import RecipeTree
 from iglubuild.settings import Settings
 
 
@@ -31,16 +32,21 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the work folders of successful builds too")
 
 
-def _fetch(settings: Settings, tree, names: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
-    """Download and verify the sources of the packages about to be built."""
-    try:
-        from iglubuild.fetch import fetch_sources
-    except ImportError:  # pragma: no cover - until the fetch stage is merged
+def _fetch(settings: Settings, tree: RecipeTree, names: Sequence[str]) -> None:
+    """Download and verify the sources of the packages about to be built.
+
+    Fails (exit 3) before any build starts if a source cannot be had or does
+    not match its checksum; what was downloaded stays in the cache.
+    """
+    from iglubuild.fetch import fetch_sources
+
+    items = [(name, src) for name in names for src in tree[name].recipe.sources
+             if src.is_remote]
+    if not items:
         return
-    items = [tree[name] for name in names]
     report = fetch_sources(items, settings)
-    if getattr(report, "downloaded", None):
-        say(f"fetched {len(report.downloaded)} source(s)")
+    if report.downloaded:
+        say(f"fetched {len(report.downloaded)} source(s), {len(report.reused)} already cached")
 
 
 def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
