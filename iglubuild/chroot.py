@@ -374,3 +374,8 @@ def _is_under(path: Path, parent: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def make_chroot_executor(settings: Settings) -> ChrootExecutor:
+    """`--executor chroot`: the executor over the build root matching the manifest."""
+    return ChrootExecutor.from_settings(settings)

@@ -97,6 +97,19 @@ def _path(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    # Imported here: the image needs the Docker SDK, the other actions do not.
+    from iglubuild.toolchain_image import add_image_arguments
+
+    add_image_arguments(parser)
+
+
+def _image(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.toolchain_image import image_action
+
+    return image_action(settings, args)
+
+
 ACTIONS: dict[str, Action] = {
     "build": Action("make the build root with debootstrap (no-op when up to date)",
                     _build_args, _build),
@@ -106,6 +119,8 @@ ACTIONS: dict[str, Action] = {
                    _no_args, _path),
     "export": Action("write the build root as a tarball (for the Docker image)",
                      _export_args, _export),
+    "image": Action("import the build root into Docker as the toolchain image (distcc farm)",
+                    _image_args, _image),
 }
 
 
