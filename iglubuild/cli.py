@@ -73,6 +73,13 @@ def _merge_globals(args: argparse.Namespace, argv: Sequence[str]) -> None:
             setattr(args, key, value)
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line; global options may stand before or after the verb."""
+    args = build_parser().parse_args(list(argv))
+    _merge_globals(args, argv)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `iglubuild` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -80,11 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        _merge_globals(args, argv)
+        args = parse_args(argv)
         if getattr(args, "_module", None) is None:
-            parser.print_help()
+            build_parser().print_help()
             return EXIT_USAGE
         settings = resolve(args)
         return int(args._module.run(settings, args) or 0)

@@ -1,0 +1,29 @@
+# iglubuild — developer entry points. Run as root on Debian 12.
+PYTHON ?= python3
+DISTFILES ?= $(abspath ../shared/distfiles)
+MIRROR_ARGS = $(if $(wildcard $(DISTFILES)),--mirror file://$(DISTFILES),)
+APT_PACKAGES = clang lld libclang-rt-14-dev debootstrap docker.io distcc \
+	qemu-system-x86 ovmf systemd-boot-efi mtools dosfstools fdisk e2fsprogs \
+	bmake zstd xz-utils bzip2 patch graphviz file curl make perl
+
+.PHONY: setup test test-fast lint bench world
+
+setup:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+test:
+	bash tests/run.sh
+
+test-fast:
+	$(PYTHON) -m pytest -q -m 'not slow'
+
+lint:
+	$(PYTHON) -m ruff check iglubuild tests bench
+
+bench:
+	for b in bench/*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+
+world:
+	$(PYTHON) -m iglubuild $(MIRROR_ARGS) world

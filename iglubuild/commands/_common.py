@@ -1,0 +1,20 @@
+"""Helpers shared by verbs: loading the tree and graph the same way everywhere."""
+
+from __future__ import annotations
+
+import sys
+
+from iglubuild.graph import DepGraph
+from iglubuild.recipe import RecipeTree, load_tree
+from iglubuild.settings import Settings
+
+
+def load(settings: Settings) -> tuple[RecipeTree, DepGraph]:
+    """The validated recipe tree and its graph (parsed-recipe cache in the build dir)."""
+    tree = load_tree(settings.recipes, cache_file=settings.build_dir / "cache" / "recipes.pickle")
+    return tree, DepGraph(tree)
+
+
+def say(message: str) -> None:
+    """A progress or summary line for the user (stderr, so stdout stays parseable)."""
+    print(message, file=sys.stderr, flush=True)
