@@ -144,7 +144,8 @@ def _dedent(body: list[str]) -> list[str]:
     """Remove the common leading whitespace (tabs in Iglunix) from a body."""
     def indent(s: str) -> str:
         return s[: len(s) - len(s.lstrip())]
-    nonblank = [indent(s) for s in body if s.strip()]
+    # A comment in column 0 (a commented-out line) does not set the indent.
+    nonblank = [indent(s) for s in body if s.strip() and not s.startswith("#")]
     if not nonblank:
         return []
     common = nonblank[0]
@@ -158,6 +159,18 @@ def _dedent(body: list[str]) -> list[str]:
         out.pop(0)
     # Leading tabs (nested blocks) become two spaces; tabs inside a line stay.
     return [re.sub(r"^\t+", lambda m: "  " * len(m.group(0)), s) for s in out]
+
+
+def _tidy(lines: list[str]) -> list[str]:
+    """Drop leading/trailing blank lines and squeeze runs of blank lines."""
+    out: list[str] = []
+    for line in lines:
+        if not line.strip() and (not out or not out[-1].strip()):
+            continue
+        out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    return out
 
 
 def _logical(lines: list[str]) -> list[list[str]]:
@@ -183,10 +196,31 @@ def split_list(value: str) -> list[str]:
     return [p for p in re.split(r"[:\s,]+", value.strip()) if p]
 
 
-def _expand(text: str, variables: dict[str, str]) -> str:
+_UNDERSCORE_IDIOM = re.compile(
+    r"""^\$\(\s*echo\s+"?\$\{?pkgver\}?"?\s*\|\s*tr\s+['"]?\.['"]?\s+['"]?_['"]?\s*\)$""")
+
+
+def derived_versions(toplevel: list[str]) -> dict[str, str]:
+    """Top-level variables that are a known function of pkgver, as URL fields.
+
+    Iglunix computes `pkg_ver=$(echo $pkgver | tr '.' '_')` for tag names
+    like curl-8_5_0; the recipe URL has {version_underscore} for that.
+    """
+    out = {}
+    for line in toplevel:
+        m = _ASSIGN.match(line.strip())
+        if m and _UNDERSCORE_IDIOM.match(_unquote(m.group(2))):
+            out[m.group(1)] = "{version_underscore}"
+    return out
+
+
+def _expand(text: str, variables: dict[str, str], derived: dict[str, str] | None = None) -> str:
     """$pkgname and $pkgver as recipe text: the name, and {version}."""
-    text = re.sub(r"\$\{?pkgver\}?", "{version}", text)
-    return re.sub(r"\$\{?pkgname\}?", variables.get("pkgname", ""), text)
+    for var, field_ in (derived or {}).items():
+        text = re.sub(rf"\$\{{?{var}\}}?(?![A-Za-z0-9_])", field_, text)
+    text = re.sub(r"\$\{pkgver\}|\$pkgver(?![A-Za-z0-9_])", "{version}", text)
+    return re.sub(r"\$\{pkgname\}|\$pkgname(?![A-Za-z0-9_])", variables.get("pkgname", ""),
+                  text)
 
 
 def _sha256(path: Path) -> str:
@@ -218,6 +252,7 @@ class _Converter:
         self.patches: list[str] = []
         self.files: list[Path] = []
         self.prepare: list[str] = []
+        self.derived = derived_versions(script.toplevel + script.functions.get("fetch", []))
 
     # -- helpers ---------------------------------------------------------
     def todo(self, message: str) -> str:
@@ -285,6 +320,11 @@ class _Converter:
             if _CURL.match(cmd):
                 self._curl(cmd)
                 continue
+            am = _ASSIGN.match(cmd)
+            if am and am.group(1) in self.derived:
+                self.prepare.append(f"# (from fetch(): {cmd} -- used as "
+                                    f"{self.derived[am.group(1)]} in the source URL)")
+                continue
             if _TAR_X.match(cmd) or _MV_SRC.match(cmd) or _MKDIR_BUILD.match(cmd):
                 continue  # unpacking into the source folder is the engine's job
             if _CD_SRC.match(cmd):
@@ -319,7 +359,7 @@ class _Converter:
         url = urls[0]
         om = re.search(r"\s-o\s+(\S+)", cmd)
         out_name = _expand(_unquote(om.group(1)), self.v) if om else None
-        expanded = _expand(url, self.v)
+        expanded = _expand(url, self.v, self.derived)
         src = CommentedMap([("url", expanded)])
         leftover = [v for v in _VAR_REF.findall(expanded)]
         if leftover:
@@ -327,7 +367,8 @@ class _Converter:
             src.yaml_add_eol_comment(
                 f"TODO: replace ${leftover[0]} (computed at the top of build.sh)", "url")
         version = self.v.get("pkgver", "")
-        basename = expanded.rsplit("/", 1)[-1].replace("{version}", version)
+        basename = expanded.rsplit("/", 1)[-1].replace("{version}", version).replace(
+            "{version_underscore}", version.replace(".", "_"))
         names = [basename]
         pretty = None
         if out_name:
@@ -386,13 +427,33 @@ class _Converter:
                 if other or globs != ["*"]:
                     self.todos.append(f"{fname}() (the main package's file list) not translated")
                 continue  # everything left over is the main package anyway
-            subs[fname] = CommentedSeq(g for g in globs if g != "*")
+            sub = subpackage_name(self.name, fname)
+            if sub in subs:
+                sub = f"{sub}_"
+            subs[sub] = CommentedSeq(g for g in globs if g != "*")
+            notes = []
+            if sub != fname:
+                self.todos.append(f"sub-package {fname} renamed {sub} (full name "
+                                  f"{self.name}-{sub}); fix packages that depend on {fname}")
+                notes.append(f"Iglunix called it {fname}; renamed because sub-package names "
+                             "have no '-'")
             if other or not globs:
                 self.todos.append(f"sub-package function {fname}() not fully translated")
-                subs.yaml_set_comment_before_after_key(
-                    fname, before=f"TODO: {fname}() was:\n" + "\n".join("  " + s for s in body),
-                    indent=2)
+                notes.append(f"TODO: {fname}() was:\n" + "\n".join("  " + s for s in body))
+            if notes:
+                subs.yaml_set_comment_before_after_key(sub, before="\n".join(notes), indent=2)
         return subs
+
+
+def subpackage_name(pkgname: str, fname: str) -> str:
+    """A recipe sub-package name for an Iglunix sub-package function.
+
+    Recipe sub-packages are named <pkg>-<sub> and <sub> has no '-':
+    llvm's `llvm-binutils` becomes `binutils`, `libcxx-dev` becomes `libcxx_dev`.
+    """
+    sub = fname[len(pkgname) + 1:] if fname.startswith(pkgname + "-") else fname
+    sub = re.sub(r"[^a-z0-9+._]", "_", sub.lower())
+    return sub if re.match(r"^[a-z0-9]", sub) else f"x{sub}"
 
 
 def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
@@ -403,8 +464,9 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     repo = path.parent.parent.name or "base"
 
     c.fetch()
-    build = c.phase("build")
-    package = c.phase("package")
+    build = _tidy(c.phase("build"))
+    package = _tidy(c.phase("package"))
+    c.prepare = _tidy(c.prepare)
 
     deps = split_list(v.get("deps", ""))
     makedeps: list[str] = []
@@ -422,6 +484,10 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     if not version or "$" in version:
         version = version or "0"
         c.todos.append("pkgver is missing or computed; set the version")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+~]*$", version):
+        fixed = re.sub(r"[^A-Za-z0-9._+~]", "_", version).lstrip("._+~") or "0"
+        c.todos.append(f"version {version!r} is not a valid recipe version; written as {fixed!r}")
+        version = fixed
     doc["version"] = version
     rel = v.get("pkgrel", "1")
     doc["release"] = int(rel) if rel.isdigit() else 1
@@ -467,8 +533,8 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
 
     for fname, body in script.functions.items():
         known = ("fetch", "build", "package", "license", "backup")
-        if fname in known or fname.startswith("package_") or fname in subs or \
-                fname == v["pkgname"]:
+        if fname in known or fname.startswith("package_") or fname == v["pkgname"] or \
+                subpackage_name(v["pkgname"], fname) in subs:
             continue
         c.todos.append(f"function {fname}() not translated")
         doc.yaml_set_comment_before_after_key(
