@@ -381,12 +381,12 @@ class _Converter:
                 names.append(pretty)
             names.append(out_real)
         local = find_local(names, self.places) if not leftover else None
+        # `filename` is literal (the loader expands {version} in url only).
         if pretty and (local is None or local.name == pretty):
-            src["filename"] = pretty.replace(version, "{version}") if version else pretty
+            src["filename"] = pretty
         if local is not None:
             if local.name != basename and local.name != pretty:
-                src["filename"] = local.name.replace(version, "{version}") if version \
-                    else local.name
+                src["filename"] = local.name
             src["sha256"] = _sha256(local)
             src.yaml_add_eol_comment(f"computed from {local}", "sha256")
         else:
@@ -405,8 +405,9 @@ class _Converter:
                 subs.yaml_add_eol_comment(f"TODO: list the files of {ext}", ext)
                 continue
             subs[ext] = CommentedSeq(globs)
+            main = self.s.functions.get("package", [])
             if body and [s for s in body if not _CD_SRC.match(s.strip())] != \
-                    [s for s in self.s.functions.get("package", []) if not _CD_SRC.match(s.strip())]:
+                    [s for s in main if not _CD_SRC.match(s.strip())]:
                 self.todos.append(f"package_{ext}() body not translated, default globs used")
                 subs.yaml_set_comment_before_after_key(
                     ext, before=f"TODO: package_{ext}() was, default globs used instead:\n"

@@ -177,7 +177,8 @@ def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
         else f"{name}-{guessed}{suffix}"
     download = fetch_to_cache(url, cache, filename)
     template = pick_template(archive_members(download.path))
-    notes: list[str] = [f"version {guessed} " + ("given" if version else f"guessed from {basename}")]
+    how = "given" if version else f"guessed from {basename}"
+    notes: list[str] = [f"version {guessed} {how}"]
 
     doc = CommentedMap()
     doc["name"] = name
@@ -199,7 +200,7 @@ def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
     src = CommentedMap()
     src["url"] = url.replace(guessed, "{version}") if guessed in url else url
     if filename != basename:
-        src["filename"] = filename.replace(guessed, "{version}")
+        src["filename"] = filename  # literal: the loader expands {version} in url only
     src["sha256"] = download.sha256
     src.yaml_add_eol_comment(f"computed from the download by iglubuild new ({basename})", "sha256")
     doc["sources"] = CommentedSeq([src])
