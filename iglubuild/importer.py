@@ -252,6 +252,7 @@ class _Converter:
         self.patches: list[str] = []
         self.files: list[Path] = []
         self.prepare: list[str] = []
+        self.main_list: list[str] = []
         self.derived = derived_versions(script.toplevel + script.functions.get("fetch", []))
 
     # -- helpers ---------------------------------------------------------
@@ -393,10 +394,19 @@ class _Converter:
             src["unverified"] = "not found locally when imported; run iglubuild checksum"
         self.sources.append(src)
 
+    def _is_subpackage_function(self, fname: str) -> bool:
+        return fname not in ("fetch", "build", "package", "license", "backup", "check",
+                             "prepare") and not fname.startswith("package_")
+
     def subpackages(self) -> CommentedMap:
         """Sub-packages from `ext` and from Iglunix's per-sub-package functions."""
         subs = CommentedMap()
+        split_by_function = any(self._is_subpackage_function(f) for f in self.s.functions)
         for ext in split_list(self.v.get("ext", "")):
+            if split_by_function:
+                # Iglunix ignores ext when sub-package functions list the files.
+                self.todos.append(f"ext={ext} ignored: sub-package functions list the files")
+                continue
             globs = EXT_GLOBS.get(ext)
             body = self.s.functions.get(f"package_{ext}")
             if globs is None:
@@ -413,8 +423,7 @@ class _Converter:
                     ext, before=f"TODO: package_{ext}() was, default globs used instead:\n"
                     + "\n".join("  " + s for s in body), indent=2)
         for fname, body in self.s.functions.items():
-            if fname in ("fetch", "build", "package", "license", "backup", "check", "prepare") \
-                    or fname.startswith("package_"):
+            if not self._is_subpackage_function(fname):
                 continue
             globs: list[str] = []
             other: list[str] = []
@@ -427,17 +436,18 @@ class _Converter:
             if fname == self.name:
                 if other or globs != ["*"]:
                     self.todos.append(f"{fname}() (the main package's file list) not translated")
+                    self.main_list = body
                 continue  # everything left over is the main package anyway
             sub = subpackage_name(self.name, fname)
             if sub in subs:
                 sub = f"{sub}_"
             subs[sub] = CommentedSeq(g for g in globs if g != "*")
             notes = []
-            if sub != fname:
-                self.todos.append(f"sub-package {fname} renamed {sub} (full name "
-                                  f"{self.name}-{sub}); fix packages that depend on {fname}")
-                notes.append(f"Iglunix called it {fname}; renamed because sub-package names "
-                             "have no '-'")
+            if f"{self.name}-{sub}" != fname:
+                self.todos.append(f"Iglunix package {fname} is now {self.name}-{sub}; "
+                                  f"fix packages that depend on {fname}")
+                notes.append(f"Iglunix package {fname}, now {self.name}-{sub} (sub-package "
+                             "names have no '-')")
             if other or not globs:
                 self.todos.append(f"sub-package function {fname}() not fully translated")
                 notes.append(f"TODO: {fname}() was:\n" + "\n".join("  " + s for s in body))
@@ -515,6 +525,11 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     subs = c.subpackages()
     if subs:
         doc["subpackages"] = subs
+    if c.main_list:
+        key = "package" if "package" in doc else "name"
+        doc.yaml_set_comment_before_after_key(
+            key, before=f"TODO: {v['pkgname']}() listed the main package's files (it gets "
+            "whatever no sub-package claims):\n" + "\n".join("  " + s for s in c.main_list))
     backup = script.functions.get("backup", [])
     if backup and not all(_RETURN.match(s.strip()) for s in backup if s.strip()):
         c.todos.append("backup() not translated")

@@ -94,6 +94,15 @@ def test_no_shell_line_is_silently_dropped(build_sh: Path, tmp_path: Path) -> No
             stripped = re.sub(r"\bbad --gmake ", "", stripped).rstrip("\\").strip()
             if stripped.lstrip("#").strip() not in flat:
                 missing.append(f"{fname}(): {line.strip()}")
+    for fname, body in script.functions.items():
+        if fname in ("fetch", "build", "package", "license", "backup"):
+            continue
+        for line in body:
+            stripped = re.sub(r"\s+", " ", line.strip())
+            if not stripped or _TRANSLATED.match(stripped):
+                continue
+            words = stripped.split()[1:] if stripped.startswith("find ") else [stripped]
+            missing.extend(f"{fname}(): {w}" for w in words if w not in flat)
     for line in script.toplevel:
         stripped = re.sub(r"\s+", " ", line.strip().lstrip("#").strip())
         if stripped and stripped not in flat:
@@ -212,3 +221,15 @@ def test_cli_import_bad_input(cli, tmp_path: Path) -> None:
     assert res.code == 2 and "never closed" in res.err
     with pytest.raises(UsageError):
         parse_build_sh(not_iglunix)
+
+
+@needs_distfiles
+def test_cli_import_finds_checksum_through_a_file_mirror(cli, tmp_path: Path) -> None:
+    """A local mirror folder (file:// URL) is searched like the distfiles cache."""
+    assert DISTFILES is not None
+    res = cli("--distfiles", str(tmp_path / "empty"), "--mirror", f"file://{DISTFILES}",
+              "import", str(FIXTURES / "base/libffi/build.sh"), "-o", str(tmp_path / "libffi"))
+    assert res.code == 0, res.err
+    src = load_recipe(tmp_path / "libffi" / "recipe.yaml").recipe.sources[0]
+    assert src.sha256 == hashlib.sha256(
+        (DISTFILES / "libffi-3.4.4.tar.gz").read_bytes()).hexdigest()
