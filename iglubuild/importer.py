@@ -416,12 +416,19 @@ class _Converter:
                 continue
             subs[ext] = CommentedSeq(globs)
             main = self.s.functions.get("package", [])
-            if body and [s for s in body if not _CD_SRC.match(s.strip())] != \
+            if not body:
+                continue
+            listing = "\n".join("  " + s for s in body)
+            if [s for s in body if not _CD_SRC.match(s.strip())] != \
                     [s for s in main if not _CD_SRC.match(s.strip())]:
                 self.todos.append(f"package_{ext}() body not translated, default globs used")
                 subs.yaml_set_comment_before_after_key(
                     ext, before=f"TODO: package_{ext}() was, default globs used instead:\n"
-                    + "\n".join("  " + s for s in body), indent=2)
+                    + listing, indent=2)
+            else:
+                # Same install as package(): the globs pick the files out of it.
+                subs.yaml_set_comment_before_after_key(
+                    ext, before=f"package_{ext}() repeated package():\n{listing}", indent=2)
         for fname, body in self.s.functions.items():
             if not self._is_subpackage_function(fname):
                 continue
