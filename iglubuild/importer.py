@@ -296,7 +296,8 @@ class _Converter:
                     self._add_file_source(beside)
                     out.append(self.todo(
                         f"{fname}() uses {ref}, the file beside build.sh; it is listed as a "
-                        f"`file:` source, so refer to it where the engine puts file sources"))
+                        f"`file:` source, which is copied next to the source folder "
+                        f"(../{beside.name})"))
                 else:
                     out.append(self.todo(
                         f"{fname}() uses {ref}, a path in Iglunix's build layout; "
