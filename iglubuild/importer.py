@@ -137,6 +137,10 @@ def parse_build_sh(path: Path) -> BuildScript:
     if "pkgname" not in script.variables:
         raise UsageError(f"{path}: no pkgname= line",
                          hint="is this an Iglunix build.sh? it must set pkgname and pkgver")
+    if not re.match(r"^[a-z0-9][a-z0-9+._-]*$", script.variables["pkgname"]):
+        raise UsageError(f"{path}: pkgname {script.variables['pkgname']!r} is not a valid "
+                         "recipe name", hint="recipe names use lowercase letters, digits and "
+                         "+ - . _; rename the package in build.sh first")
     return script
 
 
@@ -362,12 +366,17 @@ class _Converter:
         om = re.search(r"\s-o\s+(\S+)", cmd)
         out_name = _expand(_unquote(om.group(1)), self.v) if om else None
         expanded = _expand(url, self.v, self.derived)
+        # Shell expansions the recipe cannot express (${pkgver/_/}) keep their
+        # text, with braces doubled so the loader reads them literally.
+        shell_exprs = re.findall(r"\$\{[^}]*\}", expanded)
+        for expr in shell_exprs:
+            expanded = expanded.replace(expr, expr.replace("{", "{{").replace("}", "}}"))
         src = CommentedMap([("url", expanded)])
-        leftover = [v for v in _VAR_REF.findall(expanded)]
+        leftover = [v for v in _VAR_REF.findall(expanded)] + shell_exprs
         if leftover:
-            self.todos.append(f"source URL uses ${leftover[0]}, computed at the top of build.sh")
-            src.yaml_add_eol_comment(
-                f"TODO: replace ${leftover[0]} (computed at the top of build.sh)", "url")
+            what = leftover[0] if leftover[0].startswith("$") else f"${leftover[0]}"
+            self.todos.append(f"source URL uses {what}, computed by the shell")
+            src.yaml_add_eol_comment(f"TODO: replace {what} (computed by the shell)", "url")
         version = self.v.get("pkgver", "")
         basename = expanded.rsplit("/", 1)[-1].replace("{version}", version).replace(
             "{version_underscore}", version.replace(".", "_"))
@@ -487,11 +496,18 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     package = _tidy(c.phase("package"))
     c.prepare = _tidy(c.prepare)
 
+    self_deps: list[str] = []
     deps = split_list(v.get("deps", ""))
+    if v["pkgname"] in deps:
+        deps.remove(v["pkgname"])
+        self_deps.append("deps")
     makedeps: list[str] = []
     for dep in split_list(v.get("mkdeps", "")):
         if dep == "bad":
             continue  # Iglunix's wrapper that puts its GNU tools on PATH
+        if dep == v["pkgname"]:
+            self_deps.append("makedeps")  # Iglunix: an earlier build bootstraps this one
+            continue
         (c._gnu(dep) if dep in GNU_TOOLS or dep in split_list(v.get("bad", ""))
          else makedeps.append(dep))
     for tool in split_list(v.get("bad", "")):
@@ -516,10 +532,16 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     doc["license"] = "LicenseRef-TODO"
     doc["deps"] = CommentedSeq(deps)
     doc["makedeps"] = CommentedSeq(makedeps)
+    for kind in self_deps:
+        c.todos.append(f"{v['pkgname']} listed itself in {kind} (a bootstrap); removed")
+        doc.yaml_add_eol_comment(f"TODO: build.sh listed {v['pkgname']} itself here "
+                                 "(bootstrapped from an earlier build); removed", kind)
     doc["gnu"] = CommentedSeq(c.gnu)
     doc["sources"] = CommentedSeq(c.sources)
     if not c.sources:
         c.todos.append("fetch() has no curl line: add the sources")
+        doc.yaml_set_comment_before_after_key(
+            "sources", before="TODO: fetch() downloads nothing (see prepare); add the sources")
     if c.patches:
         doc["patches"] = CommentedSeq(c.patches)
     if c.prepare:
