@@ -8,7 +8,7 @@ the same on every machine), closures and the longest path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import networkx as nx
 
@@ -19,7 +19,10 @@ from iglubuild.recipe import RecipeTree
 class DepGraph:
     """The build graph of a recipe tree (deps and makedeps; sub-packages -> parent)."""
 
-    def __init__(self, tree: RecipeTree) -> None:
+    def __init__(self, tree: RecipeTree, implicit: Sequence[str] = ()) -> None:
+        """`implicit` names packages every recipe needs without declaring them
+        (the C library, from toolchain/target.toml); the libc and what it
+        needs itself are exempt, or the graph would have a cycle."""
         self.tree = tree
         self.providers = tree.providers()
         g: nx.DiGraph = nx.DiGraph()
@@ -33,6 +36,19 @@ class DepGraph:
                         g.add_edge(parent, lr.name)
         self.g = g
         self._check_cycles()
+        self._add_implicit(implicit)
+
+    def _add_implicit(self, implicit: Sequence[str]) -> None:
+        parents = sorted({self.providers[d][0] for d in implicit if d in self.providers})
+        if not parents:
+            return
+        exempt = set(parents)
+        for parent in parents:
+            exempt |= nx.ancestors(self.g, parent)
+        for node in list(self.g.nodes):
+            if node not in exempt:
+                for parent in parents:
+                    self.g.add_edge(parent, node)
 
     def _check_cycles(self) -> None:
         # is_directed_acyclic_graph is a cheap topological pass; find_cycle's

@@ -11,8 +11,10 @@ from iglubuild.settings import Settings
 
 def load(settings: Settings) -> tuple[RecipeTree, DepGraph]:
     """The validated recipe tree and its graph (parsed-recipe cache in the build dir)."""
+    from iglubuild.target import load_target
+
     tree = load_tree(settings.recipes, cache_file=settings.build_dir / "cache" / "recipes.pickle")
-    return tree, DepGraph(tree)
+    return tree, DepGraph(tree, implicit=load_target().implicit_build_deps)
 
 
 def say(message: str) -> None:

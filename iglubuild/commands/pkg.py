@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from iglubuild.commands._common import load
-from iglubuild.commands._plan import print_plan
+from iglubuild.commands._build import add_build_arguments, build
 from iglubuild.settings import Settings
 
 NAME = "pkg"
@@ -14,10 +13,8 @@ HELP = "build the named packages and whatever they need"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", metavar="NAME")
-    parser.add_argument("--dry-run", action="store_true", help="print the build plan only")
+    add_build_arguments(parser)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    _, graph = load(settings)
-    print_plan(graph, args.names)
-    return 0
+    return build(settings, args, args.names)

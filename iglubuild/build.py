@@ -1,0 +1,540 @@
+"""Build one package: sources and deps in, artifacts out.
+
+For one recipe this stage makes a work folder, takes a sysroot holding only
+the artifacts of the package's declared deps (an undeclared dependency must
+fail the build, not quietly use whatever happens to be installed; see
+iglubuild.sysroot for how sysroots are shared between builds), compiler
+wrappers that pin the target and that sysroot, then runs the phases
+prepare, build, check and package through an Executor, checks that nothing
+in pkgdir is linked against glibc, and packs the result (iglubuild.package).
+
+Each phase leaves a stamp in the work folder, so a failed build can be
+resumed (`from_phase`) and a rerun knows where it stands. A failed build
+keeps its work folder and log and names both; a successful one removes the
+work folder unless asked to keep it.
+
+Where sources come from is the fetch stage's job: `build_package` calls one
+function, `prepare_source(lr, settings, workdir) -> srcdir` (the tree under
+workdir/src), which unpacks the recipe's verified sources and applies its
+patches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from iglubuild.elf import find_glibc_linked
+from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
+from iglubuild.executor import Executor, PhaseJob
+from iglubuild.package import PackageInfo, pack_all, read_metadata
+from iglubuild.package import source_date_epoch as resolve_epoch
+from iglubuild.plan import StateStore
+from iglubuild.recipe import LoadedRecipe, RecipeTree
+from iglubuild.run import DEFAULT_PATH, CommandError, base_env, describe_returncode, run
+from iglubuild.settings import Settings
+from iglubuild.sysroot import SysrootCache, check_untouched
+from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
+
+PHASES = ("unpack", "prepare", "build", "check", "package")
+SCRIPT_PHASES = PHASES[1:]
+TAIL_LINES = 30
+
+PrepareSource = Callable[[LoadedRecipe, Settings, Path], Path]
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    """The folders of one package's build; all under <build-dir>/work/<name>."""
+
+    work: Path
+    log: Path
+
+    @property
+    def src(self) -> Path:
+        return self.work / "src"
+
+    @property
+    def pkgdir(self) -> Path:
+        return self.work / "pkg"
+
+    @property
+    def bindir(self) -> Path:
+        return self.work / "bin"
+
+    @property
+    def stamps(self) -> Path:
+        return self.work / "stamps"
+
+    @property
+    def home(self) -> Path:
+        return self.work / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.work / "tmp"
+
+    def stamp(self, phase: str) -> Path:
+        return self.stamps / phase
+
+
+def work_paths(settings: Settings, name: str) -> WorkPaths:
+    return WorkPaths(settings.work_dir / name, settings.logs_dir / f"{name}.log")
+
+
+class PhaseFailed(BuildError):
+    """A phase of a package failed; carries the log tail and where to look."""
+
+    def __init__(self, package: str, phase: str, reason: str, paths: WorkPaths,
+                 tail: list[str]) -> None:
+        super().__init__(
+            f"{package}: {phase} failed ({reason})",
+            hint=f"the work folder is kept; after a fix, resume with --from {phase}"
+            if phase in PHASES else f"see {paths.log}",
+        )
+        self.package = package
+        self.phase = phase
+        self.log_path = paths.log
+        self.work_dir = paths.work
+        self.tail = tail
+
+    def lines(self) -> list[str]:
+        return [
+            self.message,
+            f"last {len(self.tail)} lines of {self.log_path}:",
+            *(f"  | {line}" for line in self.tail),
+            f"log: {self.log_path}",
+            f"work folder: {self.work_dir}",
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def sysroot_packages(lr: LoadedRecipe, target: Target) -> list[str]:
+    """The packages this recipe declares for its sysroot.
+
+    The C library (from the target definition) plus deps and makedeps,
+    sub-packages included as named (`zlib-dev`). The sysroot also gets the
+    run-time deps these packages declare (their artifacts' metadata), and
+    nothing else.
+    """
+    r = lr.recipe
+    names = [*target.implicit_deps_for(r.name), *r.deps, *r.makedeps]
+    return list(dict.fromkeys(names))
+
+
+def build_package(
+    lr: LoadedRecipe,
+    settings: Settings,
+    executor: Executor,
+    dep_artifacts: Sequence[Path],
+    signature: str,
+    *,
+    target: Target | None = None,
+    from_phase: str | None = None,
+    keep_work: bool = False,
+    jobs: int | None = None,
+    epoch: int | None = None,
+    prepare_source: PrepareSource | None = None,
+    launcher: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    on_phase: Callable[[str, str], None] | None = None,
+    sysroots: SysrootCache | None = None,
+) -> list[Path]:
+    """Build `lr` and return its artifacts (main package first, then sub-packages).
+
+    `dep_artifacts` are the artifacts of `sysroot_packages(lr, target)`, found
+    by the scheduler; an artifact of any other package is refused.
+    `signature` is the input signature recorded in the metadata and in the
+    work folder (a work folder from other inputs is discarded). `from_phase`
+    resumes a kept work folder at that phase; `jobs` is the make -j of this
+    package; `epoch` is SOURCE_DATE_EPOCH. `launcher` goes in front of
+    every compile (the distcc farm: `["distcc"]`, ignored for recipes with
+    the `no-distcc` option) and `extra_env` adds variables to the phase
+    environment (e.g. DISTCC_HOSTS, the jobserver's MAKEFLAGS); both come
+    from the caller, never from iglubuild's own environment. `on_phase(name,
+    phase)` is called as each step starts (progress display). `sysroots`
+    is where sysroots are shared (default `<build-dir>/sysroots`).
+    """
+    target = target or load_target()
+    recipe = lr.recipe
+    paths = work_paths(settings, recipe.name)
+    epoch = resolve_epoch(epoch)
+    jobs = jobs or os.cpu_count() or 1
+    if "no-parallel" in recipe.options:
+        jobs = 1
+    if "no-distcc" in recipe.options:
+        launcher = ()
+    if from_phase is not None and from_phase not in PHASES:
+        raise UsageError(f"unknown phase {from_phase!r}", hint="phases: " + ", ".join(PHASES))
+
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    with paths.log.open("ab") as log:
+        _note(log, f"{recipe.name} {recipe.version}-r{recipe.release}: build starts "
+                   f"(signature {signature[:16] or '-'}, executor {executor.name})")
+        current = "setup"
+
+        def step(name: str) -> str:
+            if on_phase is not None:
+                on_phase(recipe.name, name)
+            return name
+
+        try:
+            _prepare_work(paths, signature, from_phase)
+            current = step("sysroot")
+            _check_declared(lr, target, dep_artifacts)
+            cache = sysroots or SysrootCache(settings.build_dir / "sysroots")
+            with cache.use(dep_artifacts, lambda text: _note(log, text)) as sysroot:
+                env = phase_env(lr, target, paths, sysroot.path, jobs, epoch, launcher)
+                env.update(extra_env or {})
+                if "no-parallel" in recipe.options:
+                    env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
+                current = step("unpack")
+                srcdir = _unpack(lr, settings, paths,
+                                 prepare_source or default_prepare_source(), log)
+                env["srcdir"] = str(srcdir)
+                for phase in SCRIPT_PHASES:
+                    # Progress hears only of phases that have something to run.
+                    current = step(phase) if recipe.phases[phase] else phase
+                    _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                current = "sysroot check"
+                check_untouched(sysroot, cache, recipe.name)
+            current = "glibc check"
+            _check_no_glibc(recipe.name, paths, log)
+            current = step("pack")
+            info = PackageInfo(
+                name=recipe.name, version=recipe.version, release=recipe.release,
+                arch=target.arch, description=recipe.description, license=recipe.license,
+                homepage=recipe.homepage, deps=tuple(recipe.deps), backup=tuple(recipe.backup),
+                base=recipe.name, signature=signature,
+            )
+            artifacts = pack_all(paths.pkgdir, info, recipe.subpackages,
+                                 settings.packages_dir(target.arch), epoch)
+        except (PhaseFailed, FetchError):
+            raise  # a source missing from the cache is a fetch problem (exit 3), said as is
+        except IglubuildError as exc:
+            _note(log, f"{current} failed: {exc.message}")
+            raise _failure(recipe.name, current, exc.message, paths) from exc
+        except OSError as exc:
+            _note(log, f"{current} failed: {exc}")
+            raise _failure(recipe.name, current, str(exc), paths) from exc
+        for artifact in artifacts:
+            _note(log, f"wrote {artifact}")
+        _note(log, "build done")
+    if not keep_work:
+        shutil.rmtree(paths.work, ignore_errors=True)
+    return artifacts
+
+
+class Engine:
+    """The build stage as the scheduler sees it: `build_one(name) -> artifacts`.
+
+    Binds what is the same for every package of a run (settings, executor,
+    recipe tree, plan signatures, the shared jobserver) and finds each
+    package's dependency artifacts in the state records, which the scheduler
+    writes the moment a dependency finishes. For iglubuild.buildrun:
+
+        def make_builder(ctx: BuildContext) -> Builder:
+            engine = Engine(settings, executor, tree, ctx.plan,
+                            jobserver=ctx.jobserver, on_phase=ctx.on_phase)
+            return Builder(engine.build_one, [executor.terminate])
+    """
+
+    def __init__(self, settings: Settings, executor: Executor, tree: RecipeTree, plan: Any,
+                 *, jobserver: Any = None, on_phase: Callable[[str, str], None] | None = None,
+                 target: Target | None = None, keep_work: bool = False,
+                 from_phase: str | None = None, launcher: Sequence[str] = (),
+                 extra_env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.tree = tree
+        self.plan = plan
+        self.state = StateStore(settings.build_dir)
+        self.providers = tree.providers()
+        self.target = target or load_target()
+        self.on_phase = on_phase
+        self.keep_work = keep_work
+        self.from_phase = from_phase
+        self.launcher = tuple(launcher)
+        self.extra_env = dict(extra_env or {})
+        if jobserver is not None:
+            # make in every phase joins the run's one jobserver (see iglubuild.jobserver).
+            self.extra_env.update(jobserver.env())
+            if hasattr(executor, "pass_fds"):
+                executor.pass_fds = tuple(jobserver.pass_fds)
+
+    def dep_artifacts(self, lr: LoadedRecipe) -> list[Path]:
+        """The artifacts of this recipe's sysroot, from the state records.
+
+        The declared deps and makedeps, then the run-time deps those
+        artifacts declare in their metadata, transitively.
+        """
+        found: dict[str, Path] = {}
+        todo = list(sysroot_packages(lr, self.target))
+        while todo:
+            package = todo.pop(0)
+            if package in found:
+                continue
+            recipe = self.providers.get(package, (package, None))[0]
+            artifact = self.state.artifact(package, recipe)
+            if artifact is None:
+                raise BuildError(
+                    f"{lr.name}: dependency {package} has no built artifact",
+                    hint=f"{recipe} must be built before {lr.name}; if it is the C library, "
+                         "the graph needs the implicit edges of toolchain/target.toml",
+                )
+            found[package] = artifact
+            todo.extend(read_metadata(artifact).get("deps", []))
+        return list(found.values())
+
+    def build_one(self, name: str) -> list[Path]:
+        lr = self.tree.recipes[name]
+        return build_package(
+            lr, self.settings, self.executor, self.dep_artifacts(lr),
+            self.plan.packages[name].signature, target=self.target,
+            from_phase=self.from_phase, keep_work=self.keep_work,
+            jobs=self.settings.jobs, launcher=self.launcher, extra_env=self.extra_env,
+            on_phase=self.on_phase,
+        )
+
+
+def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, sysroot: Path, jobs: int,
+              epoch: int, launcher: Sequence[str] = ()) -> dict[str, str]:
+    """The whitelisted environment every phase of this package sees.
+
+    The variables Iglunix scripts use, compilers that are wrappers pinning
+    the target and this package's sysroot, pkg-config confined to the
+    sysroot, and HOME/TMPDIR inside the work folder.
+    """
+    r = lr.recipe
+    env = base_env({
+        "PATH": f"{paths.bindir}:{DEFAULT_PATH}",
+        "HOME": str(paths.home),
+        "TMPDIR": str(paths.tmp),
+        "pkgname": r.name,
+        "pkgver": r.version,
+        "pkgrel": str(r.release),
+        "pkgdir": str(paths.pkgdir),
+        "srcdir": str(paths.src),
+        "ARCH": target.arch,
+        "TRIPLE": target.triple,
+        "HOST_TRIPLE": host_triple(),
+        "JOBS": str(jobs),
+        "MAKEFLAGS": f"-j{jobs}",
+        "CFLAGS": target.cflags,
+        "CXXFLAGS": target.cxxflags,
+        "LDFLAGS": target.ldflags,
+        "SOURCE_DATE_EPOCH": str(epoch),
+    })
+    env.update(write_wrappers(target, sysroot, paths.bindir, launcher))
+    env.update(sysroot_env(sysroot))
+    _write_iglunix_shims(paths.bindir)
+    return env
+
+
+def _write_iglunix_shims(bindir: Path) -> None:
+    """`bad` as Iglunix's iglupkg defines it, for imported scripts.
+
+    Iglunix marks each use of a GNU tool with `bad --gmake gmake ...`; iglupkg
+    runs the command as is (`bad` drops its flag). Debian's make already
+    provides `gmake`. Which GNU tools a recipe needs is recorded in `gnu`; the
+    host executor cannot hide the others (a chroot without them can).
+    """
+    path = bindir / "bad"
+    path.write_text('#!/bin/sh\nshift\nexec "$@"\n', encoding="utf-8")
+    path.chmod(0o755)
+
+
+def default_prepare_source() -> PrepareSource:
+    """The fetch stage's `iglubuild.unpack.prepare_source` when present, else ours.
+
+    Both have the same contract: (recipe, settings, workdir) -> srcdir, with
+    the tree under workdir/src. The local one below is the stand-in used
+    until the fetch stage's unpacker is merged.
+    """
+    try:
+        from iglubuild.unpack import prepare_source  # type: ignore[import-not-found]
+    except ImportError:
+        return local_prepare_source
+    return prepare_source  # type: ignore[no-any-return]
+
+
+def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) -> Path:
+    """Unpack the recipe's sources into workdir/src, apply its patches, return srcdir.
+
+    URL sources come from the distfiles cache by file name (or a file:// URL)
+    and archives among them are unpacked; `file:` sources from beside the
+    recipe are copied as they are. srcdir is the first archive's single top
+    folder, as with nearly every upstream tarball, else workdir/src itself.
+    """
+    dest = workdir / "src"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    srcdir: Path | None = None
+    for src in lr.recipe.sources:
+        name = src.display_name
+        if src.url and src.url.startswith("file://"):
+            origin = Path(src.url[len("file://"):])
+        elif src.url:
+            origin = settings.distfiles_dir / name
+        else:
+            origin = lr.dir / (src.file or "")
+        if not origin.is_file():
+            raise FetchError(f"{lr.name}: source {name} not found at {origin}",
+                             hint=f"run `iglubuild fetch {lr.name}` first")
+        if src.url and _is_archive(name):
+            with tarfile.open(origin) as tar:
+                tops = {m.name.split("/", 1)[0] for m in tar.getmembers() if m.name.strip("./")}
+                tar.extractall(dest, filter="data")
+            if srcdir is None and len(tops) == 1 and (dest / next(iter(tops))).is_dir():
+                srcdir = dest / next(iter(tops))
+        else:
+            shutil.copy2(origin, dest / Path(name).name)
+    srcdir = srcdir or dest
+    for patch in lr.recipe.patches:
+        try:
+            run(["patch", "-p1", "--batch", "-i", str(lr.dir / patch)], cwd=srcdir, capture=True)
+        except CommandError as exc:
+            raise BuildError(f"{lr.name}: patch {patch} does not apply",
+                             hint=exc.output.strip().splitlines()[-1] if exc.output else None
+                             ) from exc
+    return srcdir
+
+
+def _is_archive(name: str) -> bool:
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"))
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _note(log: IO[bytes], text: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    log.write(f"==> [{stamp}] {text}\n".encode())
+    log.flush()
+
+
+def _prepare_work(paths: WorkPaths, signature: str, from_phase: str | None) -> None:
+    """Start fresh, or resume a kept work folder built from the same inputs.
+
+    Without `from_phase` a work folder is reused only if its signature
+    matches (then finished phases are skipped); with `from_phase` the user
+    asked to resume, so that phase and the ones after it run again.
+    """
+    sig_file = paths.work / "signature"
+    resumable = paths.stamp("unpack").exists()
+    if from_phase is None:
+        if resumable and sig_file.exists() and sig_file.read_text() == signature:
+            return
+        resumable = False
+    if not resumable:
+        shutil.rmtree(paths.work, ignore_errors=True)
+    for sub in (paths.stamps, paths.home, paths.tmp):
+        sub.mkdir(parents=True, exist_ok=True)
+    sig_file.write_text(signature)
+    if from_phase is not None:
+        for phase in PHASES[PHASES.index(from_phase):]:
+            paths.stamp(phase).unlink(missing_ok=True)
+
+
+def _check_declared(lr: LoadedRecipe, target: Target, dep_artifacts: Sequence[Path]) -> None:
+    """Refuse any artifact that is not a declared dep or one of their run-time deps.
+
+    Allowed are the recipe's deps and makedeps and, through the artifacts'
+    own metadata, their run-time deps (a library's headers may include its
+    deps' headers; `zlib-dev` brings `zlib`).
+    """
+    metas = [read_metadata(artifact) for artifact in dep_artifacts]
+    deps_of = {m["name"]: list(m.get("deps", [])) for m in metas}
+    allowed: set[str] = set()
+    todo = list(sysroot_packages(lr, target))
+    while todo:
+        name = todo.pop()
+        if name not in allowed:
+            allowed.add(name)
+            todo.extend(deps_of.get(name, []))
+    for meta in metas:
+        if meta["name"] not in allowed:
+            raise BuildError(
+                f"{lr.name}: {meta['name']} is not a declared dependency",
+                hint="add it to deps or makedeps in the recipe",
+            )
+
+
+def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
+            prepare_source: PrepareSource, log: IO[bytes]) -> Path:
+    record = paths.work / "srcdir"
+    if paths.stamp("unpack").exists() and record.exists():
+        return Path(record.read_text())
+    t0 = time.monotonic()
+    srcdir = prepare_source(lr, settings, paths.work)
+    record.write_text(str(srcdir))
+    paths.stamp("unpack").touch()
+    _note(log, f"unpack done in {time.monotonic() - t0:.1f}s: {srcdir}")
+    return srcdir
+
+
+def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, str],
+               srcdir: Path, paths: WorkPaths, sysroot: Path, log: IO[bytes]) -> None:
+    recipe = lr.recipe
+    if paths.stamp(phase).exists():
+        _note(log, f"{phase}: done before, skipped")
+        return
+    script = recipe.phases[phase]
+    if phase == "package":
+        # pkgdir always starts empty: a rerun must not keep files of an older try.
+        shutil.rmtree(paths.pkgdir, ignore_errors=True)
+        paths.pkgdir.mkdir(parents=True)
+    if phase == "check" and "no-check" in recipe.options:
+        _note(log, "check: skipped (no-check)")
+        script = None
+    if script:
+        _note(log, f"{phase} starts")
+        t0 = time.monotonic()
+        job = PhaseJob(
+            package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
+            # The sysroot is shared by builds with the same deps: read-only.
+            writable=(paths.work,), readonly=(sysroot,),
+        )
+        rc = executor.run_phase(job, log)
+        if rc != 0:
+            _note(log, f"{phase} failed: {describe_returncode(rc)}")
+            raise PhaseFailed(recipe.name, phase, describe_returncode(rc), paths,
+                              tail_of(paths.log))
+        _note(log, f"{phase} done in {time.monotonic() - t0:.1f}s")
+    paths.stamp(phase).touch()
+
+
+def _check_no_glibc(name: str, paths: WorkPaths, log: IO[bytes]) -> None:
+    bad = find_glibc_linked(paths.pkgdir)
+    if bad:
+        for rel, reason in bad:
+            _note(log, f"linked against glibc: {rel} ({reason})")
+        paths.stamp("package").unlink(missing_ok=True)
+        raise PhaseFailed(name, "package", f"{len(bad)} file(s) linked against glibc, "
+                          f"first {bad[0][0]}: {bad[0][1]}", paths, tail_of(paths.log))
+
+
+def _failure(name: str, phase: str, reason: str, paths: WorkPaths) -> PhaseFailed:
+    return PhaseFailed(name, phase, reason, paths, tail_of(paths.log))
+
+
+def tail_of(log: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last `lines` lines of a log (reads only its end)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:]

@@ -1,0 +1,108 @@
+"""`iglubuild status [NAME...]`: which packages are built, outdated (and why), failed.
+
+Read-only: it computes the plan exactly as a build would (input signatures
+against the records in <build-dir>/state/) and prints it, so "outdated
+(dependency zlib changed)" here means a build would rebuild it for that reason.
+It takes no lock: records are only ever replaced by rename, never half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from iglubuild.commands._common import load
+from iglubuild.plan import Plan, StateStore, Status, make_plan
+from iglubuild.settings import Settings
+
+NAME = "status"
+HELP = "show which packages are built, outdated (and why), failed or never built"
+
+LABELS = {
+    Status.UP_TO_DATE: "built",
+    Status.OUTDATED: "outdated",
+    Status.NEVER_BUILT: "never built",
+    Status.FAILED: "failed",
+    Status.FORCED: "forced",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="packages to show (default: every recipe)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def current_toolchain_id(settings: Settings, state: StateStore) -> tuple[str, bool]:
+    """The toolchain id a build would use now, and whether it really is current.
+
+    The executor knows the toolchain (`Executor.toolchain_id()`); when no
+    executor factory is available, fall back to the id of the last recorded
+    build, which cannot show a toolchain change.
+    """
+    try:
+        from iglubuild.executors import make_executor  # type: ignore[attr-defined]
+    except ImportError:
+        make_executor = None
+    if make_executor is not None:
+        return make_executor(settings).toolchain_id(), True
+    return state.last_toolchain_id() or "unknown", False
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    tree, graph = load(settings)
+    state = StateStore(settings.build_dir)
+    toolchain, is_current = current_toolchain_id(settings, state)
+    names = args.names or None
+    plan = make_plan(tree, graph, toolchain, state, names=names)
+    shown = [graph.providers[n][0] for n in args.names] if args.names else plan.order
+    if args.json:
+        print(json.dumps(status_json(plan, shown), indent=2))
+    else:
+        for line in status_lines(plan, shown):
+            print(line)
+        counts: dict[str, int] = {}
+        for name in shown:
+            label = LABELS[plan.packages[name].status]
+            counts[label] = counts.get(label, 0) + 1
+        print(f"{len(shown)} package(s): "
+              + ", ".join(f"{n} {label}" for label, n in counts.items()), file=sys.stderr)
+    if not is_current:
+        print("note: toolchain id taken from the last recorded build; a toolchain change "
+              "shows once a build has run", file=sys.stderr)
+    return 0
+
+
+def status_lines(plan: Plan, names: list[str]) -> list[str]:
+    """`curl  7.88.1-r1  outdated (dependency zlib changed)`, aligned."""
+    width = max((len(n) for n in names), default=0)
+    vwidth = max((len(plan.packages[n].version) for n in names), default=0)
+    lines = []
+    for name in names:
+        pkg = plan.packages[name]
+        text = LABELS[pkg.status]
+        if pkg.reasons:
+            text += f" ({', '.join(pkg.reasons)})"
+        lines.append(f"{name:<{width}}  {pkg.version:<{vwidth}}  {text}")
+    return lines
+
+
+def status_json(plan: Plan, names: list[str]) -> list[dict[str, object]]:
+    out = []
+    for name in names:
+        pkg = plan.packages[name]
+        record = pkg.record
+        out.append({
+            "name": name,
+            "version": pkg.version,
+            "status": LABELS[pkg.status],
+            "reasons": pkg.reasons,
+            "signature": pkg.signature,
+            "last_result": record.result if record else None,
+            "last_finished": record.finished if record else None,
+            "last_duration": record.duration if record else None,
+            "log": record.log if record else None,
+            "artifacts": record.artifacts if record else [],
+        })
+    return out

@@ -1,0 +1,741 @@
+"""Pack iglunix.img: built artifacts -> a root tree -> a bootable GPT disk image.
+
+The last stage of the data flow. It takes the runtime closure of the image set
+(by default the meta-package `iglunix-base`) from `<build-dir>/packages/<arch>/`,
+installs it into a scratch root tree, records the installed-package database,
+and writes a disk image without loop devices or mounts:
+
+* a GPT partition table written by `sfdisk` on the image file;
+* an EFI system partition made with `mformat` and filled with `mcopy` (mtools
+  address a partition inside a file as `IMAGE@@OFFSET`): systemd-boot as the
+  removable-media loader `EFI/BOOT/BOOTX64.EFI`, its loader entry, the kernel;
+* an ext4 root partition labelled IGLUNIX, made and filled in one go by
+  `mke2fs -d ROOT -E offset=BYTES` straight into the image file.
+
+Ownership: `mke2fs -d` copies owners from the tree. Run as root, the tree
+already carries the owners from the artifacts' tar headers. Run as anyone
+else, every extracted file belongs to the caller, so we remember the owner each
+artifact asks for and, after `mke2fs`, rewrite the differing inodes with a
+`debugfs -w` script (`set_inode_field PATH uid|gid N`); `-E root_owner=0:0`
+covers the root directory itself. Either way the image holds 0:0 files (or
+whatever owner the package asked for), whoever ran iglubuild.
+
+The image is written under a temporary name and renamed, so a half-made image
+is never visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import zstandard
+
+from iglubuild.errors import BuildError, IglubuildError, UsageError
+from iglubuild.run import base_env, require_tool, run
+from iglubuild.settings import Settings
+
+DEFAULT_IMAGE_SET = ("iglunix-base",)
+ARCH = "x86_64"
+SECTOR = 512
+MIB = 1024 * 1024
+BLOCK = 4096
+ROOT_LABEL = "IGLUNIX"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# "Linux root (x86-64)" from the Discoverable Partitions Specification.
+ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+KERNEL_NAME = "vmlinuz"
+ENTRY_PATH = "loader/entries/iglunix.conf"
+DB_DIR = "usr/share/iglupkg"
+DB_INDEX = "index.json"
+# The engine's JSON metadata, first member of every artifact; not a file of the image.
+PKGINFO = ".PKGINFO"
+ARTIFACT_RE = re.compile(
+    r"^(?P<name>.+)-(?P<version>[^-]+)-r(?P<release>\d+)\.(?P<arch>[A-Za-z0-9_]+)\.tar\.zst$"
+)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+class FileConflictError(BuildError):
+    """Two packages of the image set install the same path."""
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One built package file, `<name>-<version>-r<release>.<arch>.tar.zst`."""
+
+    name: str
+    version: str
+    release: int
+    arch: str
+    path: Path
+    deps: tuple[str, ...] = ()
+
+    @classmethod
+    def from_path(cls, path: Path) -> Artifact:
+        m = ARTIFACT_RE.match(path.name)
+        if not m:
+            raise UsageError(
+                f"{path}: not an artifact name",
+                hint="expected <name>-<version>-r<release>.<arch>.tar.zst",
+            )
+        return cls(m["name"], m["version"], int(m["release"]), m["arch"], path)
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """A streaming tar reader over a zstd artifact; unreadable ones are BuildErrors."""
+    try:
+        with open(path, "rb") as raw, \
+                zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as zr, \
+                tarfile.open(fileobj=zr, mode="r|") as tar:
+            yield tar
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, UnicodeDecodeError,
+            json.JSONDecodeError) as exc:
+        raise BuildError(f"{path}: unreadable artifact: {exc}",
+                         hint="rebuild the package") from exc
+
+
+def _parse_metadata(text: str) -> dict[str, object]:
+    """Metadata inside an artifact: JSON, or iglupkg's `key=value` file.
+
+    iglupkg's file has sections; keys are read from `[pkg]` (or from the top
+    when there are no sections), so license text and the `[fs]` path list
+    are never taken for keys.
+    """
+    text = text.strip()
+    if text.startswith("{"):
+        data = json.loads(text)
+        return data if isinstance(data, dict) else {}
+    values: dict[str, object] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        if section not in ("", "pkg") or not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _dep_list(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        # iglupkg separates deps with colons; spaces and commas are accepted too.
+        return tuple(v for v in re.split(r"[\s,:]+", value) if v)
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    raise UsageError(f"bad deps in package metadata: {value!r}", hint="expected a list of names")
+
+
+def _metadata_deps(meta: dict[str, object]) -> tuple[str, ...]:
+    # The engine's key for run-time deps; older spellings accepted.
+    for key in ("deps", "depends", "runtime_deps"):
+        if key in meta:
+            return _dep_list(meta[key])
+    return ()
+
+
+def read_metadata(artifact: Artifact) -> dict[str, object]:
+    """An artifact's metadata: the engine's .PKGINFO (JSON, the first member), else
+    the iglupkg file usr/share/iglupkg/<name> it also carries."""
+    wanted = f"{DB_DIR}/{artifact.name}"
+    with _open_tar(artifact.path) as tar:
+        for member in tar:
+            if member.isfile() and (member.name == PKGINFO or
+                                    member.name.lstrip("./").rstrip("/") == wanted):
+                f = tar.extractfile(member)
+                return _parse_metadata(f.read().decode("utf-8")) if f else {}
+    return {}
+
+
+def find_artifacts(packages_dir: Path) -> dict[str, Artifact]:
+    """Every artifact in `packages_dir` by package name (the newest file per name).
+
+    A repository index (index.json) written by the build engine is used for
+    dependencies when it lists them; otherwise each artifact's own metadata is
+    read on demand by `runtime_closure`.
+    """
+    if not packages_dir.is_dir():
+        raise UsageError(f"no built packages in {packages_dir}",
+                         hint="build them first: iglubuild world (or iglubuild pkg NAME)")
+    found: dict[str, Artifact] = {}
+    for path in sorted(packages_dir.glob("*.tar.zst")):
+        m = ARTIFACT_RE.match(path.name)
+        if not m:
+            continue
+        art = Artifact.from_path(path)
+        old = found.get(art.name)
+        if old is None or path.stat().st_mtime >= old.path.stat().st_mtime:
+            found[art.name] = art
+    index = _read_index(packages_dir / "index.json")
+    for name, entry in index.items():
+        # The engine's index names the current file of each package: prefer it.
+        listed = packages_dir / str(entry.get("file", ""))
+        if entry.get("file") and listed.is_file() and ARTIFACT_RE.match(listed.name):
+            found[name] = Artifact.from_path(listed)
+        if name in found and ({"deps", "depends", "runtime_deps"} & set(entry)):
+            art = found[name]
+            found[name] = Artifact(art.name, art.version, art.release, art.arch, art.path,
+                                   _metadata_deps(entry))
+    return found
+
+
+def _read_index(index: Path) -> dict[str, dict[str, object]]:
+    """The engine's repository index: {"packages": {name: {file, deps, ...}}}."""
+    if not index.is_file():
+        return {}
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("packages", {}) if isinstance(data, dict) else {}
+    if isinstance(entries, list):
+        entries = {str(e.get("name")): e for e in entries if isinstance(e, dict)}
+    return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
+
+
+def runtime_closure(names: Sequence[str], artifacts: dict[str, Artifact]) -> list[Artifact]:
+    """`names` and everything they need at run time, dependencies first.
+
+    Only run-time deps are followed (makedeps are not in package metadata);
+    sub-packages such as curl-dev come in only when named or depended on.
+    """
+    order: list[Artifact] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, wanted_by: str | None) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            return  # a run-time cycle (e.g. libc <-> shell) is fine for installing
+        art = artifacts.get(name)
+        if art is None:
+            why = f" (needed by {wanted_by})" if wanted_by else ""
+            raise UsageError(f"package {name}{why} has no built artifact",
+                             hint=f"build it first: iglubuild pkg {name}")
+        state[name] = "active"
+        deps = art.deps or _metadata_deps(read_metadata(art))
+        for dep in sorted(deps):
+            visit(dep, name)
+        state[name] = "done"
+        order.append(Artifact(art.name, art.version, art.release, art.arch, art.path,
+                              tuple(deps)))
+
+    for name in names:
+        visit(name, None)
+    return order
+
+
+# ---------------------------------------------------------------- installing
+
+
+@dataclass
+class RootTree:
+    """A root tree being filled, and what each path should be owned by."""
+
+    path: Path
+    owners: dict[str, str] = field(default_factory=dict)  # path -> package (non-dirs)
+    dir_owners: dict[str, str] = field(default_factory=dict)
+    # Owner the artifact asked for, for every installed path (to fix as non-root).
+    wanted_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)  # package -> its paths
+
+
+def _member_path(name: str, artifact: Path) -> str:
+    """A tar member's path relative to the root; refuses anything that could escape."""
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise BuildError(f"{artifact}: unsafe path {name!r} in artifact",
+                         hint="artifact members must be relative, without '..'")
+    return "/".join(parts)
+
+
+def _resolve_in_root(root: Path, rel: str) -> Path:
+    """The host path of `rel` with symlinks resolved as if `root` were `/`.
+
+    Artifacts carry absolute symlinks (/lib/ld-musl-x86_64.so.1 -> /usr/lib/libc.so)
+    that mean paths inside the image; following them on the host while extracting
+    could write outside the root, so every link is resolved against the root.
+    """
+    parts = [p for p in rel.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        if part == ".":
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"too many symlinks resolving /{rel} in the image root")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
+    """Unpack one artifact into the root tree, refusing paths another package owns.
+
+    This is the one place that knows how an artifact becomes files. The build
+    engine's package.install_artifact does the same job for build roots; this
+    one also names the package that already owns a path, resolves symlinks as
+    the image will see them, and records the owner each member asks for (see
+    the module docstring). Returns the paths installed (relative to the root).
+    """
+    root = tree.path
+    as_root = os.geteuid() == 0
+    installed: list[str] = []
+    # Directory modes and times are set last: a read-only directory must stay
+    # writable while its contents are unpacked, and writing changes its mtime.
+    dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    with _open_tar(artifact.path) as tar:
+        for member in tar:
+            if member.name == PKGINFO:
+                continue
+            rel = _member_path(member.name, artifact.path)
+            if not rel:
+                continue
+            parent = _resolve_in_root(root, str(PurePosixPath(rel).parent))
+            dest = parent / PurePosixPath(rel).name
+            if member.isdir() and dest.is_symlink():
+                # A directory over another package's link (lib -> usr/lib): its
+                # contents go through the link, resolved inside the root.
+                target = _resolve_in_root(root, rel)
+                if target.exists() and not target.is_dir():
+                    raise FileConflictError(
+                        f"package {artifact.name} installs directory /{rel} over a link "
+                        f"of {tree.owners.get(rel, '?')} to a file",
+                        hint="move the directory in one recipe")
+                target.mkdir(parents=True, exist_ok=True)
+                tree.dir_owners.setdefault(rel, artifact.name)
+                continue
+            if member.isdir():
+                other = tree.owners.get(rel)
+                if other or dest.exists() and not dest.is_dir():
+                    raise FileConflictError(
+                        f"packages {other or '?'} and {artifact.name} both install /{rel}"
+                        " (a file in one, a directory in the other)",
+                        hint="move the file in one recipe, or split it into a sub-package")
+                dest.mkdir(parents=True, exist_ok=True)
+                dirs.append((dest, member))
+                tree.dir_owners.setdefault(rel, artifact.name)
+            else:
+                other = tree.owners.get(rel) or tree.dir_owners.get(rel)
+                if other or dest.exists() or dest.is_symlink():
+                    raise FileConflictError(
+                        f"packages {other or '?'} and {artifact.name} both install /{rel}",
+                        hint="remove the file from one recipe (or put it in a sub-package)")
+                parent.mkdir(parents=True, exist_ok=True)
+                _extract_one(tar, member, dest, root, artifact)
+                tree.owners[rel] = artifact.name
+            if as_root:
+                os.lchown(dest, member.uid, member.gid)
+                if member.isfile():
+                    # chown clears setuid/setgid bits; give them back.
+                    os.chmod(dest, stat.S_IMODE(member.mode))
+            if not member.issym() and not member.isdir():
+                os.utime(dest, (member.mtime, member.mtime))
+            tree.wanted_ids[rel] = (member.uid, member.gid)
+            installed.append(rel)
+        for dest, member in reversed(dirs):
+            os.chmod(dest, stat.S_IMODE(member.mode))
+            os.utime(dest, (member.mtime, member.mtime))
+    tree.files[artifact.name] = installed
+    return installed
+
+
+def _extract_one(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, root: Path,
+                 artifact: Artifact) -> None:
+    if member.isfile():
+        src = tar.extractfile(member)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            if src is not None:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+        # chmod after writing: setuid bits survive (no filter strips them).
+        os.chmod(dest, stat.S_IMODE(member.mode))
+    elif member.issym():
+        os.symlink(member.linkname, dest)
+    elif member.islnk():
+        target = _resolve_in_root(root, _member_path(member.linkname, artifact.path))
+        os.link(target, dest)
+    elif member.isfifo():
+        os.mkfifo(dest, stat.S_IMODE(member.mode))
+    else:
+        raise BuildError(f"{artifact.path}: device node {member.name!r} in artifact",
+                         hint="packages must not ship device nodes; /dev is devtmpfs at boot")
+
+
+def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
+    """The installed-package database: usr/share/iglupkg/<name> plus index.json.
+
+    Artifacts normally carry their own usr/share/iglupkg/<name>; a package
+    without one gets a small JSON file so every installed package is listed.
+    The index adds what only the installer knows: the files each package owns.
+    """
+    db = _resolve_in_root(tree.path, DB_DIR)
+    db.mkdir(parents=True, exist_ok=True)
+    index: dict[str, object] = {}
+    for art in packages:
+        meta = {"name": art.name, "version": art.version, "release": art.release,
+                "arch": art.arch, "deps": list(art.deps)}
+        own = db / art.name
+        if not own.exists():
+            own.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+            tree.wanted_ids[f"{DB_DIR}/{art.name}"] = (0, 0)
+        index[art.name] = dict(meta, files=sorted(tree.files.get(art.name, [])))
+    tmp = db / f".{DB_INDEX}.tmp"
+    tmp.write_text(json.dumps({"packages": index}, indent=1, sort_keys=True) + "\n",
+                   encoding="utf-8")
+    tmp.rename(db / DB_INDEX)
+    tree.wanted_ids[f"{DB_DIR}/{DB_INDEX}"] = (0, 0)
+
+
+def populate_root(packages: Sequence[Artifact], root: Path) -> RootTree:
+    """Install every package into an empty `root` and write the package database."""
+    tree = RootTree(root)
+    for art in packages:
+        install_artifact(art, tree)
+    write_package_db(tree, packages)
+    return tree
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def parse_size(text: str) -> int:
+    """`512M`, `2G`, `1.5GiB`, `4096` (bytes) -> bytes."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise UsageError(f"invalid size {text!r}", hint="use a number with K, M, G or T: 2G")
+    factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m[2].upper()]
+    return int(float(m[1]) * factor)
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """What a tree needs on ext4: data blocks and inodes."""
+
+    blocks: int
+    inodes: int
+
+
+def measure_tree(root: Path) -> TreeUsage:
+    """Count 4 KiB blocks and inodes the tree will take (hard links once)."""
+    blocks = 1
+    inodes = 1
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        blocks += 1 + (len(dirnames) + len(filenames)) * 40 // BLOCK
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            inodes += 1
+            if stat.S_ISREG(st.st_mode):
+                # Extent tree blocks for big files: one per ~340 extents; ample.
+                blocks += -(-st.st_size // BLOCK) + st.st_size // (128 * MIB)
+            elif stat.S_ISLNK(st.st_mode) and st.st_size >= 60:
+                blocks += 1
+    return TreeUsage(blocks, inodes)
+
+
+def _journal_blocks(fs_blocks: int) -> int:
+    # e2fsprogs 1.47 ext2fs_default_journal_size(), in 4 KiB blocks.
+    for limit, size in ((2048, 0), (32768, 1024), (256 * 1024, 4096), (512 * 1024, 8192),
+                        (4096 * 1024, 16384), (8192 * 1024, 32768), (16384 * 1024, 65536),
+                        (32768 * 1024, 131072)):
+        if fs_blocks < limit:
+            return size
+    return 262144
+
+
+def root_fs_size(usage: TreeUsage) -> tuple[int, int]:
+    """(bytes, inode count) for an ext4 holding `usage` with room to spare.
+
+    Data plus 10% and 32 MiB of free room, then inode tables (256 bytes per
+    inode), the journal and ~3% group metadata on top; rounded to MiB.
+    """
+    inodes = max(usage.inodes * 3 // 2 + 1024, 4096)
+    data = usage.blocks * BLOCK
+    room = data + data // 10 + 32 * MIB
+    meta = inodes * 256 + room // 32 + 4 * MIB
+    total = room + meta
+    total += _journal_blocks(total // BLOCK) * BLOCK
+    return _round_up(total, MIB), inodes
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the partitions sit in the image, in bytes."""
+
+    esp_offset: int
+    esp_size: int
+    root_offset: int
+    root_size: int
+    total: int
+
+
+def plan_layout(esp_size: int, root_size: int) -> Layout:
+    """1 MiB aligned partitions, room for the backup GPT (33 sectors) at the end."""
+    esp_offset = MIB
+    root_offset = esp_offset + esp_size
+    total = root_offset + root_size + MIB
+    return Layout(esp_offset, esp_size, root_offset, root_size, total)
+
+
+def esp_size_for(files: Iterable[Path]) -> int:
+    """ESP big enough for its files with 25% and 8 MiB spare; at least 32 MiB."""
+    content = sum(_round_up(p.stat().st_size, 4096) for p in files)
+    return max(32 * MIB, _round_up(content + content // 4 + 8 * MIB, MIB))
+
+
+# ---------------------------------------------------------------- the disk
+
+
+def _env() -> dict[str, str]:
+    # mtools refuses partitions whose geometry it dislikes unless told not to check.
+    return base_env({"MTOOLS_SKIP_CHECK": "1"})
+
+
+def _tools() -> None:
+    for tool, package in (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"),
+                          ("debugfs", "e2fsprogs"), ("mformat", "mtools"),
+                          ("mcopy", "mtools"), ("mmd", "mtools")):
+        require_tool(tool, package)
+    if not SYSTEMD_BOOT.is_file():
+        raise IglubuildError(f"{SYSTEMD_BOOT} is missing (the UEFI boot loader)",
+                             hint="apt-get install systemd-boot-efi")
+
+
+def kernel_cmdline(root_partuuid: str) -> str:
+    """The kernel command line of the image (root by partition UUID, serial console)."""
+    return (f"root=PARTUUID={root_partuuid} rootfstype=ext4 rw "
+            "console=tty0 console=ttyS0,115200")
+
+
+def write_partition_table(image: Path, layout: Layout, root_partuuid: str) -> None:
+    """GPT with an ESP and the root partition, written by sfdisk from a script."""
+    script = image.with_name(image.name + ".sfdisk")
+    script.write_text(
+        "label: gpt\n"
+        f"start={layout.esp_offset // SECTOR}, size={layout.esp_size // SECTOR}, "
+        f'type={ESP_TYPE}, name="ESP"\n'
+        f"start={layout.root_offset // SECTOR}, size={layout.root_size // SECTOR}, "
+        f'type={ROOT_TYPE}, uuid={root_partuuid}, name="{ROOT_LABEL}"\n',
+        encoding="utf-8",
+    )
+    try:
+        # run() gives every program stdin from /dev/null; sfdisk only reads its
+        # script from stdin, so a shell redirects it from the file.
+        run(["sh", "-c", 'exec sfdisk --quiet --no-reread --no-tell-kernel "$1" < "$2"',
+             "sfdisk", image, script], capture=True)
+    finally:
+        script.unlink(missing_ok=True)
+
+
+def write_esp(image: Path, layout: Layout, stage: Path) -> None:
+    """FAT file system in the ESP, filled with the staged files (no mount)."""
+    target = f"{image}@@{layout.esp_offset}"
+    env = _env()
+    run(["mformat", "-i", target, "-T", str(layout.esp_size // SECTOR), "-v", "ESP", "::"],
+        env=env, capture=True)
+    entries = sorted(stage.iterdir())
+    if entries:
+        run(["mcopy", "-i", target, "-s", "-p", "-Q", *entries, "::/"], env=env, capture=True)
+
+
+def stage_esp(stage: Path, kernel: Path, cmdline: str) -> list[Path]:
+    """The ESP's files in a folder: systemd-boot, loader.conf, the entry, the kernel."""
+    boot = stage / "EFI" / "BOOT"
+    boot.mkdir(parents=True)
+    shutil.copyfile(SYSTEMD_BOOT, boot / "BOOTX64.EFI")
+    entries = stage / "loader" / "entries"
+    entries.mkdir(parents=True)
+    (stage / "loader" / "loader.conf").write_text(
+        "default iglunix.conf\ntimeout 0\neditor no\n", encoding="utf-8")
+    (stage / ENTRY_PATH).write_text(
+        f"title Iglunix\nlinux /{KERNEL_NAME}\noptions {cmdline}\n", encoding="utf-8")
+    shutil.copyfile(kernel, stage / KERNEL_NAME)
+    return [p for p in stage.rglob("*") if p.is_file()]
+
+
+def write_root_fs(image: Path, layout: Layout, root: Path, inodes: int) -> None:
+    """ext4 at the root partition's offset, filled from `root` by mke2fs -d."""
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", ROOT_LABEL,
+         "-N", str(inodes), "-d", root,
+         "-E", f"offset={layout.root_offset},root_owner=0:0",
+         image, str(layout.root_size // BLOCK)], capture=True)
+
+
+def _debugfs_quote(path: str) -> str:
+    if any(c in path for c in '"\n\\'):
+        raise BuildError(f"cannot set the owner of /{path}: odd characters in the name",
+                         hint="rename the file in its recipe")
+    return f'"/{path}"'
+
+
+def fix_owners(image: Path, layout: Layout, tree: RootTree) -> int:
+    """Give inodes the owner their artifact asked for where the tree differs.
+
+    Needed when not running as root: extracted files then belong to the caller
+    and mke2fs -d copies that. Returns the number of paths fixed.
+    """
+    lines: list[str] = []
+    for rel, (uid, gid) in sorted(tree.wanted_ids.items()):
+        st = os.lstat(tree.path / rel)
+        if st.st_uid != uid:
+            lines.append(f"set_inode_field {_debugfs_quote(rel)} uid {uid}")
+        if st.st_gid != gid:
+            lines.append(f"set_inode_field {_debugfs_quote(rel)} gid {gid}")
+    # Directories created on the way (no tar member of their own) belong to root.
+    for dirpath, dirnames, _files in os.walk(tree.path):
+        for d in dirnames:
+            rel = os.path.relpath(os.path.join(dirpath, d), tree.path)
+            if rel not in tree.wanted_ids:
+                st = os.lstat(os.path.join(dirpath, d))
+                if st.st_uid or st.st_gid:
+                    lines.append(f"set_inode_field {_debugfs_quote(rel)} uid 0")
+                    lines.append(f"set_inode_field {_debugfs_quote(rel)} gid 0")
+    if not lines:
+        return 0
+    script = image.with_name(image.name + ".debugfs")
+    script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        proc = run(["debugfs", "-w", "-f", script, f"{image}?offset={layout.root_offset}"],
+                   capture=True)
+    finally:
+        script.unlink(missing_ok=True)
+    # debugfs reports per-command failures on stderr but still exits 0.
+    errors = [ln for ln in proc.stderr.splitlines() if ":" in ln and "debugfs " not in ln]
+    if errors:
+        raise BuildError(f"debugfs could not set owners: {errors[0]}")
+    return len(lines)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What `make_image` wrote."""
+
+    path: Path
+    layout: Layout
+    root_partuuid: str
+    cmdline: str
+    owners_fixed: int
+
+
+def make_image(tree: RootTree, kernel: Path, output: Path, size: int | None = None,
+               work: Path | None = None) -> ImageResult:
+    """Write a bootable disk image from a filled root tree and a kernel.
+
+    `size` (bytes) fixes the image size; otherwise it is computed from the
+    contents plus a margin. The image appears at `output` only when complete.
+    """
+    _tools()
+    if not kernel.is_file():
+        raise UsageError(f"kernel {kernel} does not exist", hint="pass --kernel PATH")
+    output = output.absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    root_partuuid = str(uuid.uuid4())
+    cmdline = kernel_cmdline(root_partuuid)
+    tmp_image = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    with tempfile.TemporaryDirectory(prefix="esp.", dir=work or output.parent) as esp_dir:
+        esp_files = stage_esp(Path(esp_dir), kernel, cmdline)
+        esp_size = esp_size_for(esp_files)
+        root_size, inodes = root_fs_size(measure_tree(tree.path))
+        if size is not None:
+            fixed_root = _round_up(size, MIB) - esp_size - 2 * MIB
+            if fixed_root < root_size:
+                need = (esp_size + root_size + 2 * MIB) // MIB
+                raise UsageError(f"--size {size // MIB} MiB is too small for this image",
+                                 hint=f"it needs at least {need}M (or leave --size out)")
+            root_size = fixed_root
+        layout = plan_layout(esp_size, root_size)
+        try:
+            with open(tmp_image, "wb") as f:
+                f.truncate(layout.total)
+            write_partition_table(tmp_image, layout, root_partuuid)
+            write_esp(tmp_image, layout, Path(esp_dir))
+            write_root_fs(tmp_image, layout, tree.path, inodes)
+            fixed = fix_owners(tmp_image, layout, tree)
+            os.replace(tmp_image, output)
+        except BaseException:
+            tmp_image.unlink(missing_ok=True)
+            raise
+    return ImageResult(output, layout, root_partuuid, cmdline, fixed)
+
+
+# ---------------------------------------------------------------- the verb
+
+
+def find_kernel(root: Path, kernel: Path | None) -> Path:
+    """--kernel if given, else the kernel the `linux` package installed in /boot."""
+    if kernel is not None:
+        if not kernel.is_file():
+            raise UsageError(f"kernel {kernel} does not exist",
+                             hint="pass the path of a bzImage/vmlinuz file")
+        return kernel
+    boot = _resolve_in_root(root, "boot")
+    found = sorted(boot.glob("vmlinuz*")) if boot.is_dir() else []
+    if not found:
+        raise UsageError("no kernel: the linux package is not built and --kernel was not given",
+                         hint="iglubuild pkg linux, or --kernel PATH (e.g. the vmlinuz of "
+                              "Debian's linux-image-cloud-amd64)")
+    return found[-1]
+
+
+def build_image(settings: Settings, packages: Sequence[str] | None = None,
+                kernel: Path | None = None, size: int | None = None,
+                output: Path | None = None) -> tuple[ImageResult, list[Artifact]]:
+    """`iglubuild image`: closure of the image set -> root tree -> image file."""
+    names = list(packages or DEFAULT_IMAGE_SET)
+    artifacts = find_artifacts(settings.packages_dir(ARCH))
+    if kernel is None and "linux" in artifacts and "linux" not in names:
+        names.append("linux")
+    closure = runtime_closure(names, artifacts)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="image.", dir=settings.work_dir) as work:
+        root = Path(work) / "root"
+        root.mkdir()
+        os.chmod(root, 0o755)
+        tree = populate_root(closure, root)
+        found_kernel = find_kernel(root, kernel)
+        result = make_image(tree, found_kernel, output or settings.image_path, size,
+                            work=Path(work))
+    return result, closure
