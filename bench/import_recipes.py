@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         for path in FIXTURES:
-            out = Path(tmp) / path.parent.name
+            out = Path(tmp) / path.parent.parent.name / path.parent.name
             args = [sys.executable, "-m", "iglubuild", "import", str(path), "-o", str(out)]
             if DISTFILES:
                 args[3:3] = ["--distfiles", str(DISTFILES[0])]
