@@ -531,6 +531,12 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
         c.todos.append("no desc= in build.sh; write a description")
     doc["license"] = "LicenseRef-TODO"
     doc["deps"] = CommentedSeq(deps)
+    if deps:
+        # Iglunix builds in a root holding every -dev package; iglubuild's
+        # sysroot holds only what the recipe names.
+        c.todos.append("add <dep>-dev to makedeps for each dep whose headers the build uses")
+        doc.yaml_add_eol_comment("TODO: add <dep>-dev to makedeps for headers/.pc files "
+                                 "(the build sysroot holds only what is named)", "deps")
     doc["makedeps"] = CommentedSeq(makedeps)
     for kind in self_deps:
         c.todos.append(f"{v['pkgname']} listed itself in {kind} (a bootstrap); removed")
