@@ -24,6 +24,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import LiteralScalarString
 
 from iglubuild.errors import FetchError, UsageError
+from iglubuild.recipe import VERSION_RE
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tar.lz", ".tgz", ".tbz2",
                     ".txz", ".tar", ".zip")
@@ -83,7 +84,7 @@ def guess_version(name: str, filename: str) -> str | None:
             stem = stem[len(prefix):]
             break
     stem = re.sub(r"^(v|version-|release-)(?=\d)", "", stem, flags=re.IGNORECASE)
-    if re.search(r"\d", stem) and re.fullmatch(r"[A-Za-z0-9._+~-]+", stem):
+    if re.search(r"\d", stem) and VERSION_RE.match(stem):
         return stem
     return None
 
@@ -171,6 +172,9 @@ def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
     if not guessed:
         raise UsageError(f"cannot guess the version from {basename!r}",
                          hint="pass --version VERSION")
+    if not VERSION_RE.match(guessed):
+        raise UsageError(f"invalid version {guessed!r}",
+                         hint="letters, digits and . _ + ~ only (no '-' or spaces)")
     suffix = archive_suffix(basename)
     # A tag archive (v1.9.4.tar.gz) gets a name that says which package it is.
     filename = basename if name.lower() in basename.lower() or not suffix \

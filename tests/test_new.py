@@ -165,6 +165,9 @@ def test_new_bad_input(cli, tmp_path: Path) -> None:
     assert res.code == 2 and "cannot guess the version" in res.err and "--version" in res.err
     res = cli(*_args(tmp_path), "new", "foo", "--url", "file:///nowhere/foo-1.0.tar.gz")
     assert res.code == 3 and "No such file" in res.err
+    res = cli(*_args(tmp_path), "new", "foo", "--version", "1-2", "--url",
+              "file:///nowhere/foo-1.0.tar.gz")
+    assert res.code == 2 and "invalid version" in res.err
     res = cli(*_args(tmp_path), "new", "foo", "--url", "gopher://h/foo-1.0.tar.gz")
     assert res.code == 2 and "unsupported URL scheme" in res.err
     notar = tmp_path / "foo-1.0.tar.gz"
@@ -182,6 +185,7 @@ def test_new_bad_input(cli, tmp_path: Path) -> None:
     ("zlib-ng", "2.2.2.tar.gz", "2.2.2"),
     ("less", "less-590.tar.gz", "590"),
     ("foo", "foo.tar.gz", None),
+    ("expat", "libexpat-R_2_5_0.tar.gz", None),  # not a valid version: ask for --version
 ])
 def test_guess_version(name: str, filename: str, version: str | None) -> None:
     assert guess_version(name, filename) == version
