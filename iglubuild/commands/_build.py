@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 from iglubuild.build import PHASES
 from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.commands._common import load, say
+from iglubuild.recipe import RecipeTree
 from iglubuild.settings import Settings
 
 
@@ -30,25 +32,38 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the work folders of successful builds too")
 
 
-def _fetch(settings: Settings, tree, names: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
-    """Download and verify the sources of the packages about to be built."""
-    try:
-        from iglubuild.fetch import fetch_sources
-    except ImportError:  # pragma: no cover - until the fetch stage is merged
+def _fetch(settings: Settings, tree: RecipeTree, names: Sequence[str]) -> None:
+    """Download and verify the sources of the packages about to be built.
+
+    Fails (exit 3) before any build starts if a source cannot be had or does
+    not match its checksum; what was downloaded stays in the cache.
+    """
+    from iglubuild.fetch import fetch_sources
+
+    items = [(name, src) for name in names for src in tree[name].recipe.sources
+             if src.is_remote]
+    if not items:
         return
-    items = [tree[name] for name in names]
     report = fetch_sources(items, settings)
-    if getattr(report, "downloaded", None):
-        say(f"fetched {len(report.downloaded)} source(s)")
+    if report.downloaded:
+        say(f"fetched {len(report.downloaded)} source(s), {len(report.reused)} already cached")
 
 
-def _farm_launcher(settings: Settings) -> tuple[tuple[str, ...], dict[str, str]]:
-    """distcc launcher and environment from the live farm, or nothing."""
+def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
+    """With --farm: the live farm's distcc launcher and environment, and a job
+    budget sized to the farm; without a farm running, a local build as asked."""
     if not settings.farm:
-        return (), {}
-    from iglubuild.farm import build_env
+        return settings, (), {}
+    from iglubuild.farm import discover, phase_additions
 
-    return build_env(settings)
+    hosts = discover(settings)
+    if hosts is None:
+        say("no distcc farm is running: building locally (start one with `iglubuild farm up`)")
+        return settings, (), {}
+    launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+    say(f"distcc farm: {len(hosts.volunteers)} volunteer(s), {hosts.jobs} compile jobs"
+        + (f", {len(hosts.excluded)} excluded (different compiler)" if hosts.excluded else ""))
+    return replace(settings, jobs=max(settings.jobs, hosts.jobs)), launcher, env
 
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
@@ -58,6 +73,10 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     from iglubuild.target import load_target
 
     tree, graph = load(settings)
+    if not args.dry_run:
+        settings, launcher, extra_env = _farm(settings)
+    else:
+        launcher, extra_env = (), {}
     executor = make_executor(settings)
     if not args.dry_run:
         executor.check()
@@ -67,7 +86,6 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         from iglubuild.build import Engine
 
         _fetch(settings, tree, ctx.plan.to_build())
-        launcher, extra_env = _farm_launcher(settings)
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
                         from_phase=args.from_phase, launcher=launcher, extra_env=extra_env)

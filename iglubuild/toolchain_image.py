@@ -1,0 +1,206 @@
+"""The toolchain image: the build root tarball imported into Docker.
+
+The distcc volunteers must run the very clang local builds use, so their
+image is not pulled from anywhere: it is the build root (debootstrap + clang,
+lld, distcc; see iglubuild.buildroot) imported as a single layer through the
+Engine API's "create image from source", and tagged with the toolchain id.
+Nodes without a registry get it with --save / --load; --push sends it to a
+registry the nodes can pull from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iglubuild.errors import IglubuildError, UsageError
+from iglubuild.farm import IMAGE_REPOSITORY, LABEL_TOOLCHAIN, FarmError, docker_client
+from iglubuild.settings import Settings
+
+if TYPE_CHECKING:
+    import docker
+
+# What a volunteer needs from the root; checked in a throwaway container
+# right after the import so a bad root fails here, not on the farm.
+_CHECK_SCRIPT = (
+    "command -v distccd >/dev/null || { echo 'no distccd'; exit 1; }; "
+    "command -v clang >/dev/null || { echo 'no clang'; exit 1; }; "
+    "[ -e /usr/lib/distcc/clang ] || { echo 'no /usr/lib/distcc/clang'; exit 1; }; "
+    "clang --version | head -n 1"
+)
+_IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ImageError(IglubuildError):
+    """The toolchain image could not be made, saved, loaded or pushed."""
+
+
+@dataclass(frozen=True)
+class ToolchainImage:
+    """A toolchain image in the engine: its reference, id and the clang it holds."""
+
+    ref: str
+    image_id: str
+    toolchain_id: str
+    compiler: str
+
+
+def tarball_toolchain_id(tarball: Path) -> str:
+    """The toolchain id of a root tarball: the first 16 hex digits of its sha256."""
+    digest = hashlib.sha256()
+    with open(tarball, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def create_image(tarball: Path, toolchain_id: str | None = None,
+                 client: docker.DockerClient | None = None) -> ToolchainImage:
+    """Import `tarball` as iglubuild-toolchain:<toolchain id> and check it can volunteer."""
+    tarball = Path(tarball)
+    if not tarball.is_file():
+        raise UsageError(f"{tarball}: no such build root tarball",
+                         hint="make one with `iglubuild toolchain export FILE`")
+    client = client or docker_client()
+    tid = toolchain_id or tarball_toolchain_id(tarball)
+    changes = [
+        f"ENV PATH={_IMAGE_PATH}",
+        f"LABEL {LABEL_TOOLCHAIN}={tid}",
+        'CMD ["/bin/sh"]',
+    ]
+    result = client.api.import_image_from_file(
+        str(tarball), repository=IMAGE_REPOSITORY, tag=tid, changes=changes)
+    _raise_stream_error(result, f"importing {tarball}")
+    ref = f"{IMAGE_REPOSITORY}:{tid}"
+    image = client.images.get(ref)
+    compiler = _check_image(client, ref)
+    return ToolchainImage(ref=ref, image_id=image.id, toolchain_id=tid, compiler=compiler)
+
+
+def _raise_stream_error(result: object, what: str) -> None:
+    """The Engine reports import/push failures inside a JSON stream, not as HTTP errors."""
+    text = result if isinstance(result, str) else (
+        b"".join(result).decode() if isinstance(result, (list, tuple)) else str(result))
+    for line in str(text).splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and msg.get("error"):
+            raise ImageError(f"{what}: {msg['error']}")
+
+
+def _check_image(client: docker.DockerClient, ref: str) -> str:
+    import docker.errors
+
+    try:
+        out = client.containers.run(ref, ["sh", "-c", _CHECK_SCRIPT], remove=True,
+                                    network_mode="none", stdout=True, stderr=True)
+    except docker.errors.ContainerError as exc:
+        client.images.remove(ref, force=True)
+        detail = (exc.stderr or b"").decode(errors="replace").strip() or str(exc)
+        raise ImageError(f"the build root cannot run a distcc volunteer: {detail}",
+                         hint="the root needs clang, lld and distcc installed "
+                              "(and update-distcc-symlinks run)") from exc
+    return out.decode(errors="replace").strip()
+
+
+def save_image(ref: str, dest: Path, client: docker.DockerClient | None = None) -> Path:
+    """Write the image as a `docker load`-able tar, atomically."""
+    client = client or docker_client()
+    image = client.images.get(ref)
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in image.save(named=True):
+                f.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def load_image(src: Path, client: docker.DockerClient | None = None) -> list[str]:
+    """Load a saved image; returns its tags."""
+    src = Path(src)
+    if not src.is_file():
+        raise UsageError(f"{src}: no such image file", hint="make it with --save FILE")
+    client = client or docker_client()
+    with open(src, "rb") as f:
+        images = client.images.load(f)
+    return [t for img in images for t in img.tags]
+
+
+def push_image(ref: str, registry: str, client: docker.DockerClient | None = None) -> str:
+    """Tag `ref` under `registry` and push it; returns the pushed reference."""
+    client = client or docker_client()
+    image = client.images.get(ref)
+    repo, _, tag = ref.rpartition(":")
+    target = f"{registry.rstrip('/')}/{repo}"
+    image.tag(target, tag)
+    stream = client.images.push(target, tag=tag)
+    _raise_stream_error(stream, f"pushing {target}:{tag}")
+    return f"{target}:{tag}"
+
+
+# --------------------------------------------------------------------------- CLI action
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `iglubuild toolchain image` (wired by the toolchain verb)."""
+    parser.add_argument("--from", dest="tarball", metavar="TARBALL", type=Path,
+                        help="build root tarball (default: export the current build root)")
+    parser.add_argument("--toolchain-id", metavar="ID",
+                        help="tag to use (default: sha256 prefix of the tarball)")
+    parser.add_argument("--save", metavar="FILE", type=Path,
+                        help="also write the image to FILE for nodes without a registry")
+    parser.add_argument("--load", metavar="FILE", type=Path,
+                        help="load an image saved with --save instead of making one")
+    parser.add_argument("--push", metavar="REGISTRY", help="push the image to REGISTRY")
+
+
+def default_tarball(settings: Settings) -> tuple[Path, str | None]:
+    """The current build root as a tarball (exported on first use) and its id.
+
+    Uses iglubuild.buildroot when present; otherwise a tarball already
+    exported to <build-dir>/toolchain/buildroot.tar.
+    """
+    try:
+        from iglubuild import buildroot  # type: ignore[attr-defined]
+    except ImportError:
+        return settings.build_dir / "toolchain" / "buildroot.tar", None
+    root = buildroot.current_root(settings)
+    tarball = settings.build_dir / "toolchain" / f"{root.id}.tar"
+    if not tarball.exists():
+        buildroot.export(root, tarball)
+    return tarball, str(root.id)
+
+
+def image_action(settings: Settings, args: argparse.Namespace) -> int:
+    """`iglubuild toolchain image`: make (or load) the image, then save/push it."""
+    if args.load is not None:
+        if args.tarball is not None:
+            raise UsageError("--load and --from exclude each other",
+                             hint="--load FILE takes an image made elsewhere")
+        tags = load_image(args.load)
+        if not tags:
+            raise FarmError(f"{args.load} holds no tagged image")
+        ref = tags[0]
+        print(f"loaded {', '.join(tags)}")
+    else:
+        tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
+        made = create_image(tarball, args.toolchain_id or root_id)
+        ref = made.ref
+        print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
+    if args.save is not None:
+        save_image(ref, args.save)
+        print(f"saved {ref} to {args.save}")
+    if args.push:
+        print(f"pushed {push_image(ref, args.push)}")
+    return 0

@@ -1,0 +1,174 @@
+"""Test support for the farm: a private dockerd, a build root tarball, a C program.
+
+Used by tests/test_farm.py and bench/farm_speedup.py. Everything here is
+real: dockerd from Debian's docker.io, debootstrap, clang, distcc.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKER_DIR = Path(os.environ.get("IGLUBUILD_TEST_DOCKER_DIR", "/tmp/iglu-docker"))
+
+
+@dataclass
+class Dockerd:
+    """A dockerd started for tests; stopped by its PID."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    root: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
+    """Start dockerd on a private socket, data root and exec root.
+
+    No iptables and no default bridge: containers here use host networking
+    only, and a second engine on the machine must not fight over netfilter.
+    """
+    import docker
+
+    root.mkdir(parents=True, exist_ok=True)
+    sock = root / "docker.sock"
+    pidfile = root / "docker.pid"
+    if pidfile.exists():
+        # A previous session died without stopping its daemon: stop it by PID.
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.2)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        pidfile.unlink(missing_ok=True)
+    log = open(root / "dockerd.log", "ab")
+    proc = subprocess.Popen(
+        ["dockerd", "--host", f"unix://{sock}", "--data-root", str(root / "data"),
+         "--exec-root", str(root / "exec"), "--pidfile", str(pidfile),
+         "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+    )
+    host = f"unix://{sock}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited with {proc.returncode}; see {root}/dockerd.log")
+        try:
+            docker.DockerClient(base_url=host, timeout=5).ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"dockerd did not answer; see {root}/dockerd.log") from None
+            time.sleep(0.3)
+    return Dockerd(proc=proc, host=host, root=root)
+
+
+def _chroot(root: Path, *argv: str) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LANG": "C.UTF-8"}
+    subprocess.run(["chroot", str(root), *argv], env=env, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def make_buildroot(root: Path) -> Path:
+    """debootstrap a minimal bookworm and install the volunteer's toolchain in it.
+
+    Stand-in for iglubuild.buildroot until the build root lands on main.
+    """
+    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root)], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        _chroot(root, "apt-get", "install", "-y", "--no-install-recommends",
+                "clang", "lld", "distcc")
+        _chroot(root, "update-distcc-symlinks")
+        _chroot(root, "apt-get", "clean")
+    finally:
+        subprocess.run(["umount", str(root / "proc")], check=True)
+    return root
+
+
+def buildroot_tarball(cache: Path) -> Path:
+    """A tarball of a build root: IGLUBUILD_TEST_BUILDROOT (dir or tar) or a fresh one."""
+    given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
+    tarball = cache / "buildroot.tar"
+    if given and Path(given).is_file():
+        return Path(given)
+    if tarball.exists():
+        return tarball
+    root = Path(given) if given else make_buildroot(cache / "root")
+    tmp = tarball.with_suffix(".tmp")
+    subprocess.run(["tar", "--numeric-owner", "-C", str(root), "--exclude=./proc/*",
+                    "--exclude=./dev/*", "-cf", str(tmp), "."], check=True)
+    tmp.rename(tarball)
+    return tarball
+
+
+# --------------------------------------------------------------------------- C program
+
+def write_program(dest: Path, nfiles: int = 10, weight: int = 40) -> Path:
+    """A real multi-file C program with a Makefile; `weight` scales compile time.
+
+    Each module defines arithmetic kernels that clang -O2 has real work to do
+    on (unrolling, vectorising), and main() prints a checksum over all of them,
+    so a wrong or missing object changes the output.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    decls = []
+    for i in range(nfiles):
+        funcs = []
+        for k in range(weight):
+            funcs.append(f"""
+static unsigned long k{i}_{k}(const unsigned *v, int n, unsigned long s) {{
+    for (int r = 0; r < {3 + k % 5}; r++)
+        for (int j = 0; j < n; j++) {{
+            s = s * {6364136223846793005 % (1000 + i * 97 + k)}UL + v[j] + (unsigned long)r;
+            s ^= s >> {7 + (i + k) % 13};
+            if ((s & {1 << (k % 7)}) && j + {k % 4} < n) s += v[j + {k % 4}] * {i + k + 1}U;
+        }}
+    return s;
+}}""")
+        calls = "\n".join(f"    s = k{i}_{k}(v, n, s ^ {k});" for k in range(weight))
+        (dest / f"mod{i}.c").write_text(
+            "#include \"prog.h\"\n" + "".join(funcs) +
+            f"\nunsigned long mod{i}(const unsigned *v, int n) {{\n"
+            f"    unsigned long s = {i + 1};\n{calls}\n    return s;\n}}\n")
+        decls.append(f"unsigned long mod{i}(const unsigned *v, int n);")
+    (dest / "prog.h").write_text("#pragma once\n" + "\n".join(decls) + "\n")
+    body = "\n".join(f'    total ^= mod{i}(v, 64) + {i}; printf("mod{i} %lx\\n", mod{i}(v, 64));'
+                     for i in range(nfiles))
+    (dest / "main.c").write_text(
+        "#include <stdio.h>\n#include \"prog.h\"\n"
+        "int main(void) {\n    unsigned v[64]; unsigned long total = 0;\n"
+        "    for (int i = 0; i < 64; i++) v[i] = (unsigned)(i * 2654435761u);\n"
+        f"{body}\n    printf(\"total %lx\\n\", total);\n    return 0;\n}}\n")
+    objs = " ".join([f"mod{i}.o" for i in range(nfiles)] + ["main.o"])
+    (dest / "Makefile").write_text(
+        "CC ?= clang\nCFLAGS ?= -O2\n"
+        f"OBJS = {objs}\n"
+        "prog: $(OBJS)\n\t$(CC) $(CFLAGS) -o $@ $(OBJS)\n"
+        "%.o: %.c prog.h\n\t$(CC) $(CFLAGS) -c $< -o $@\n"
+        "clean:\n\trm -f prog $(OBJS)\n")
+    return dest
+
+
+def copy_program(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest

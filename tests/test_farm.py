@@ -1,0 +1,444 @@
+"""The distcc farm against a real Docker engine and real distccd volunteers.
+
+The session starts its own dockerd (private socket, data root and exec root,
+no iptables, no bridge), imports a real debootstrap build root as the
+toolchain image, and runs a single-node swarm advertised on 127.0.0.1 whose
+volunteers use host networking. Builds are real: clang compiling a
+multi-file C program through distcc.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iglubuild import farm
+from iglubuild.cli import main
+from iglubuild.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from farm_support import DOCKER_DIR, buildroot_tarball, start_dockerd, write_program  # noqa: E402
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+NEEDED = ("dockerd", "distcc", "distccd", "clang", "make", "debootstrap")
+
+
+def _missing_tools() -> list[str]:
+    return [t for t in NEEDED if shutil.which(t) is None]
+
+
+if _missing_tools() or os.geteuid() != 0:
+    pytestmark.append(pytest.mark.skip(
+        reason=f"needs root and {', '.join(NEEDED)} (missing: {', '.join(_missing_tools())})"))
+
+
+def _free_port_block(count: int) -> int:
+    """A base port with `count` consecutive free ports on 127.0.0.1."""
+    for base in range(21000, 60000, 97):
+        socks = []
+        try:
+            for p in range(base, base + count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """Our own dockerd for the whole session, stopped by its PID at the end."""
+    import docker
+
+    daemon = start_dockerd()
+    # A data root kept from an earlier session may still hold a swarm (and its
+    # service); start every session from no swarm at all.
+    client = docker.DockerClient(base_url=daemon.host)
+    if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+        client.swarm.leave(force=True)
+    old = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = daemon.host
+    try:
+        yield daemon
+    finally:
+        try:
+            if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+                client.swarm.leave(force=True)
+        except Exception:
+            pass
+        daemon.stop()
+        if old is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = old
+
+
+@pytest.fixture(scope="session")
+def root_tarball(tmp_path_factory) -> Path:
+    """The build root as a tarball (IGLUBUILD_TEST_BUILDROOT, else debootstrap once)."""
+    return buildroot_tarball(tmp_path_factory.mktemp("buildroot"))
+
+
+@pytest.fixture(scope="session")
+def toolchain_image(docker_engine, root_tarball):
+    from iglubuild.toolchain_image import create_image
+
+    return create_image(root_tarball)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings(build_dir=tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="module")
+def farm_cfg() -> farm.FarmConfig:
+    # Three volunteers' compile and stats ports, then the swarm's own port.
+    base = _free_port_block(7)
+    return farm.FarmConfig(replicas=2, base_port=base, swarm_port=base + 6, slots=2)
+
+
+@pytest.fixture(scope="module")
+def running_farm(docker_engine, toolchain_image, settings, farm_cfg):
+    volunteers = farm.farm_up(settings, farm_cfg)
+    yield volunteers
+    farm.farm_down(settings)
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> Path:
+    return write_program(tmp_path_factory.mktemp("prog") / "src", nfiles=10, weight=30)
+
+
+def _make(src: Path, dest: Path, env_extra: dict[str, str], jobs: int) -> subprocess.Popen:
+    shutil.copytree(src, dest)
+    env = {"PATH": os.environ["PATH"], "HOME": str(dest), "LANG": "C.UTF-8", **env_extra}
+    env.setdefault("DISTCC_DIR", str(dest / ".distcc"))
+    Path(env["DISTCC_DIR"]).mkdir(exist_ok=True)
+    cc = env_extra.get("CC", "clang")
+    return subprocess.Popen(["make", f"-j{jobs}", f"CC={cc}"], cwd=dest, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+def _compiles(volunteers) -> dict[int, int]:
+    return {v.slot: int(farm.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
+            for v in volunteers}
+
+
+@pytest.fixture(scope="module")
+def local_build(program, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("local") / "prog"
+    _finish(_make(program, dest, {}, jobs=2))
+    return dest
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_image_is_the_build_root_with_its_clang(toolchain_image, docker_engine):
+    import docker
+
+    local_clang = subprocess.run(["clang", "--version"], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()[0]
+    assert toolchain_image.compiler == local_clang
+    image = docker.from_env().images.get(toolchain_image.ref)
+    assert image.labels[farm.LABEL_TOOLCHAIN] == toolchain_image.toolchain_id
+    assert toolchain_image.ref == f"{farm.IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
+
+
+def test_image_action_saves_and_loads(toolchain_image, root_tarball, docker_engine, tmp_path,
+                                      capsys):
+    """`toolchain image --from T --save F`, then `--load F` on a "node" without the image."""
+    import argparse
+
+    import docker
+
+    from iglubuild.toolchain_image import add_image_arguments, image_action
+
+    parser = argparse.ArgumentParser()
+    add_image_arguments(parser)
+    saved = tmp_path / "toolchain.tar"
+    settings = Settings(build_dir=tmp_path)
+    args = parser.parse_args(["--from", str(root_tarball), "--save", str(saved)])
+    assert image_action(settings, args) == 0
+    out = capsys.readouterr().out
+    assert toolchain_image.ref in out and "Debian clang version" in out
+    assert saved.stat().st_size > 100_000_000
+    assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
+
+    client = docker.from_env()
+    made = client.images.get(toolchain_image.ref)
+    made.tag("iglubuild-toolchain", "roundtrip")
+    client.images.remove(toolchain_image.ref)
+    assert image_action(settings, parser.parse_args(["--load", str(saved)])) == 0
+    assert f"loaded {toolchain_image.ref}" in capsys.readouterr().out
+    assert client.images.get(toolchain_image.ref).id == made.id
+    client.images.remove("iglubuild-toolchain:roundtrip")
+
+
+def test_farm_up_gives_two_reachable_volunteers(running_farm, farm_cfg):
+    assert len(running_farm) == 2
+    ports = sorted(v.port for v in running_farm)
+    assert ports == [farm_cfg.base_port, farm_cfg.base_port + 2]
+    for v in running_farm:
+        assert v.address == "127.0.0.1"
+        stats = farm.read_stats(v.address, v.stats_port)
+        assert "dcc_compile_ok" in stats
+
+
+def test_second_farm_up_rescales_instead_of_failing(running_farm, settings, farm_cfg):
+    import docker
+
+    before = {v.slot: v.task_id for v in running_farm}
+    again = farm.farm_up(settings, farm_cfg)
+    assert {v.slot: v.task_id for v in again} == before, "volunteers were restarted"
+    three = farm.farm_up(settings, farm.FarmConfig(**{**farm_cfg.__dict__, "replicas": 3}))
+    assert len(three) == 3
+    assert {v.slot: v.task_id for v in three if v.slot in before} == before
+    back = farm.farm_up(settings, farm_cfg)
+    assert len(back) == 2
+    service = docker.from_env().services.get(farm.SERVICE_NAME)
+    assert service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+
+
+def test_volunteers_only_accept_the_swarm_networks(running_farm):
+    import docker
+
+    service = docker.from_env().services.get(farm.SERVICE_NAME)
+    env = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    allow = next(e for e in env if e.startswith("ALLOW=")).split("=", 1)[1].split()
+    assert allow == ["127.0.0.1/32"]
+    listen = next(e for e in env if e.startswith("LISTEN="))
+    assert listen == "LISTEN=127.0.0.1"
+
+
+def _hangs_up_on(source: str, port: int) -> bool:
+    """Does distccd close a connection from `source` at once (refused client)?"""
+    with socket.socket() as s:
+        s.bind((source, 0))
+        s.settimeout(3)
+        s.connect(("127.0.0.1", port))
+        try:
+            return s.recv(1) == b""
+        except TimeoutError:
+            return False  # still waiting for our request: the client was accepted
+        except ConnectionResetError:
+            return True
+
+
+def test_volunteer_refuses_clients_outside_the_allowed_networks(running_farm):
+    v = running_farm[0]
+    assert _hangs_up_on("127.0.0.2", v.port)
+    assert not _hangs_up_on("127.0.0.1", v.port)
+
+
+def test_allow_everything_is_refused(capsys):
+    code = main(["farm", "up", "--replicas", "1", "--allow", "0.0.0.0/0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "would accept every address" in err
+    assert "Traceback" not in err
+
+
+def test_farm_status_reports_each_volunteer(running_farm, settings, capsys):
+    assert main(["farm", "status", "--build-dir", str(settings.build_dir)]) == 0
+    text = capsys.readouterr().out
+    assert text.count(" running ") == 2 and "MISMATCH" not in text
+    for v in running_farm:
+        assert f"{v.address}:{v.port}" in text
+    code = main(["--build-dir", str(settings.build_dir), "farm", "status", "--json"])
+    assert code == 0
+    import json
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["service"] == farm.SERVICE_NAME
+    assert len(status["volunteers"]) == 2
+    for v in status["volunteers"]:
+        assert v["state"] == "running"
+        assert v["identity"] == status["local_identity"]
+        assert v["compiler"].startswith("Debian clang version")
+        assert isinstance(v["jobs_served"], int)
+
+
+def test_build_through_farm_matches_local_build(running_farm, settings, program,
+                                                local_build, tmp_path):
+    hosts = farm.discover(settings)
+    assert hosts is not None
+    assert len(hosts.volunteers) == 2
+    before = _compiles(hosts.volunteers)
+    # As the build engine does it: the launcher in front of an absolute
+    # compiler path, DISTCC_HOSTS from the live farm.
+    launcher, extra = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    assert extra["DISTCC_HOSTS"] == hosts.distcc_hosts
+    clang = shutil.which("clang")
+    env = {**extra, "CC": " ".join([*launcher, clang])}
+    _finish(_make(program, tmp_path / "farm", env, hosts.jobs))
+    after = _compiles(hosts.volunteers)
+
+    objects = sorted(p.name for p in local_build.glob("*.o"))
+    assert len(objects) == 11
+    for name in objects:
+        assert (tmp_path / "farm" / name).read_bytes() == (local_build / name).read_bytes(), name
+    run_local = subprocess.run([local_build / "prog"], capture_output=True, check=True)
+    run_farm = subprocess.run([tmp_path / "farm" / "prog"], capture_output=True, check=True)
+    assert run_farm.stdout == run_local.stdout
+    # Every compile arrived at a volunteer (none fell back to local).
+    assert sum(after.values()) - sum(before.values()) == len(objects)
+
+
+def test_killing_a_volunteer_mid_build_still_finishes(running_farm, settings, program,
+                                                     local_build, tmp_path):
+    import docker
+
+    hosts = farm.discover(settings)
+    assert hosts is not None
+    victim = hosts.volunteers[0]
+    before = _compiles(hosts.volunteers)
+    proc = _make(program, tmp_path / "farm", farm.build_env(hosts), hosts.jobs)
+    deadline = time.monotonic() + 60
+    while _compiles([victim])[victim.slot] == before[victim.slot]:
+        assert proc.poll() is None, "build ended before the victim got a compile"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proc.poll() is None, "build ended before the kill"
+    docker.from_env().containers.get(victim.container_id).kill()
+    output = _finish(proc)
+    assert "failed to distribute" in output or "running locally" in output.lower() \
+        or "connect" in output.lower()
+    run_local = subprocess.run([local_build / "prog"], capture_output=True, check=True)
+    run_farm = subprocess.run([tmp_path / "farm" / "prog"], capture_output=True, check=True)
+    assert run_farm.stdout == run_local.stdout
+    # The swarm replaces the killed volunteer.
+    assert len(farm.wait_for_volunteers(docker.from_env(), 2, 60)) == 2
+
+
+def test_volunteer_with_other_compiler_is_excluded(running_farm, settings, caplog):
+    import docker
+
+    client = docker.from_env()
+    volunteers = farm.wait_for_volunteers(client, 2, 60)
+    odd = volunteers[1]
+    # Give this volunteer a different compiler: a clang that always adds -O0,
+    # as a node with an older or patched toolchain would differ.
+    result = client.containers.get(odd.container_id).exec_run([
+        "sh", "-c",
+        "rm /usr/bin/clang && printf '#!/bin/sh\\nexec /usr/lib/llvm-14/bin/clang \"$@\" -O0\\n'"
+        " > /usr/bin/clang && chmod 755 /usr/bin/clang",
+    ])
+    assert result.exit_code == 0, result.output
+    with caplog.at_level(logging.WARNING, logger="iglubuild.farm"):
+        hosts = farm.discover(settings)
+    assert hosts is not None
+    assert [v.slot for v in hosts.volunteers] == [volunteers[0].slot]
+    assert [v.slot for v in hosts.excluded] == [odd.slot]
+    assert f"{odd.address}:{odd.port}" not in hosts.distcc_hosts
+    assert any("compiler identity" in r.getMessage() for r in caplog.records)
+    # Put a clean volunteer back for the tests that follow.
+    client.containers.get(odd.container_id).kill()
+    farm.wait_for_volunteers(client, 2, 60)
+
+
+def test_farm_down_leaves_nothing(running_farm, settings, capsys):
+    import docker
+
+    assert farm.state_path(settings).exists()
+    code = main(["--build-dir", str(settings.build_dir), "farm", "down"])
+    assert code == 0
+    assert "left the swarm" in capsys.readouterr().out
+    client = docker.from_env()
+    # The swarm (and so every service) is gone, since farm up had created it.
+    assert client.info()["Swarm"]["LocalNodeState"] == "inactive"
+    assert client.containers.list(all=True, filters={"label": farm.LABEL_FARM}) == []
+    assert client.containers.list(all=True) == []
+    assert not farm.state_path(settings).exists()
+
+
+def test_discover_without_farm_builds_locally(docker_engine, settings, caplog):
+    with caplog.at_level(logging.WARNING, logger="iglubuild.farm"):
+        assert farm.discover(settings) is None
+    assert any("no distcc farm" in r.getMessage() for r in caplog.records)
+
+
+def test_farm_down_keeps_a_swarm_it_did_not_create(docker_engine, toolchain_image,
+                                                   tmp_path, farm_cfg):
+    import docker
+
+    client = docker.from_env()
+    client.swarm.init(advertise_addr="127.0.0.1",
+                      listen_addr=f"127.0.0.1:{farm_cfg.swarm_port}")
+    try:
+        s = Settings(build_dir=tmp_path)
+        assert len(farm.farm_up(s, farm.FarmConfig(**{**farm_cfg.__dict__,
+                                                      "replicas": 1}))) == 1
+        assert farm.farm_down(s) == {"service_removed": True, "left_swarm": False}
+        assert client.info()["Swarm"]["LocalNodeState"] == "active"
+        assert client.services.list() == []
+        assert client.containers.list(all=True) == []
+    finally:
+        client.swarm.leave(force=True)
+
+
+def test_second_engine_joins_as_worker_and_leaves(docker_engine, toolchain_image, tmp_path,
+                                                   farm_cfg, monkeypatch, capsys):
+    """A second machine, simulated by a second dockerd advertised on 127.0.0.2."""
+    import dataclasses
+
+    import docker
+
+    manager = docker.from_env()
+    mgr = Settings(build_dir=tmp_path / "manager")
+    assert main(["--build-dir", str(mgr.build_dir), "farm", "up", "--replicas", "0",
+                 "--base-port", str(farm_cfg.base_port),
+                 "--swarm-port", str(farm_cfg.swarm_port)]) == 0
+    out = capsys.readouterr().out
+    join_line = next(line for line in out.splitlines() if "--join" in line)
+    words = join_line.split()
+    addr, token = words[words.index("--join") + 1], words[words.index("--token") + 1]
+    assert addr == f"127.0.0.1:{farm_cfg.swarm_port}"
+    second = start_dockerd(DOCKER_DIR.with_name(DOCKER_DIR.name + "-2"))
+    try:
+        other = docker.DockerClient(base_url=second.host)
+        if other.info()["Swarm"]["LocalNodeState"] != "inactive":
+            other.swarm.leave(force=True)  # a fresh machine: no swarm from an earlier run
+        monkeypatch.setenv("DOCKER_HOST", second.host)
+        worker = Settings(build_dir=tmp_path / "worker")
+        cfg = dataclasses.replace(farm_cfg, join=addr, token=token, advertise_addr="127.0.0.2")
+        node_id = farm.farm_join(worker, cfg)
+        assert farm.farm_join(worker, cfg) == node_id  # joining twice is harmless
+        nodes = {n.id: n.attrs for n in manager.nodes.list()}
+        assert nodes[node_id]["Spec"]["Role"] == "worker"
+        assert nodes[node_id]["Status"]["State"] == "ready"
+        assert len(nodes) == 2
+        assert farm.farm_down(worker)["left_swarm"] is True
+        assert docker.from_env().info()["Swarm"]["LocalNodeState"] == "inactive"
+    finally:
+        second.stop()
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+        farm.farm_down(mgr)
+    assert manager.info()["Swarm"]["LocalNodeState"] == "inactive"
+
