@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from iglubuild.build import PHASES
 from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.commands._common import load, say
+from iglubuild.errors import FetchError
+from iglubuild.graph import DepGraph
 from iglubuild.recipe import RecipeTree
 from iglubuild.settings import Settings
 
@@ -32,21 +35,54 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the work folders of successful builds too")
 
 
-def _fetch(settings: Settings, tree: RecipeTree, names: Sequence[str]) -> None:
+def _fetch(settings: Settings, tree: RecipeTree, names: Sequence[str],
+           keep_going: bool) -> dict[str, str]:
     """Download and verify the sources of the packages about to be built.
 
-    Fails (exit 3) before any build starts if a source cannot be had or does
-    not match its checksum; what was downloaded stays in the cache.
+    Without keep_going a source that cannot be had stops the run before any
+    build starts (exit 3). With it, the problems are returned by package, so
+    those packages fail and their dependents are blocked while the rest builds.
+    What was downloaded stays in the cache either way.
     """
     from iglubuild.fetch import fetch_sources
 
     items = [(name, src) for name in names for src in tree[name].recipe.sources
              if src.is_remote]
     if not items:
-        return
-    report = fetch_sources(items, settings)
+        return {}
+    report = fetch_sources(items, settings, check=not keep_going)
     if report.downloaded:
         say(f"fetched {len(report.downloaded)} source(s), {len(report.reused)} already cached")
+    problems: dict[str, str] = {}
+    for outcome in report.failed:
+        problems.setdefault(outcome.package, f"{outcome.filename}: {outcome.problem}")
+    return problems
+
+
+def _unverified(tree: RecipeTree, graph: DepGraph, names: Sequence[str] | None,
+                keep_going: bool) -> list[str] | None:
+    """Leave out packages whose sources nobody has verified yet.
+
+    Returns the names to build instead of `names` (None: unchanged). Without
+    --keep-going such a package in the closure is an error naming it; with it,
+    it and what needs it are reported and left out, and the rest is built.
+    """
+    closure = set(graph.order(names))
+    unverified = sorted(n for n in closure
+                        if any(s.unverified is not None for s in tree[n].recipe.sources))
+    if not unverified:
+        return None
+    if not keep_going:
+        raise FetchError(
+            f"source not verified: {', '.join(unverified)}",
+            hint=f"run `iglubuild checksum {' '.join(unverified)}` where the files are "
+                 "reachable, or add --keep-going to build everything else")
+    blocked = sorted((graph.dependents(unverified) & closure) - set(unverified))
+    say(f"not verified (left out): {' '.join(unverified)}")
+    if blocked:
+        say(f"blocked by them: {' '.join(blocked)}")
+    keep = closure - set(unverified) - set(blocked)
+    return [n for n in graph.order(names) if n in keep]
 
 
 def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
@@ -73,6 +109,12 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     from iglubuild.target import load_target
 
     tree, graph = load(settings)
+    selected = _unverified(tree, graph, names, args.keep_going)
+    if selected is not None:
+        names = selected
+        if not names:
+            say("nothing can be built until those sources are verified")
+            return 0
     if not args.dry_run:
         settings, launcher, extra_env = _farm(settings)
     else:
@@ -85,11 +127,17 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     def make_builder(ctx: BuildContext) -> Builder:
         from iglubuild.build import Engine
 
-        _fetch(settings, tree, ctx.plan.to_build())
+        unfetched = _fetch(settings, tree, ctx.plan.to_build(), args.keep_going)
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
                         from_phase=args.from_phase, launcher=launcher, extra_env=extra_env)
-        return Builder(engine.build_one, [executor.terminate])
+
+        def build_one(name: str) -> list[Path]:
+            if name in unfetched:
+                raise FetchError(f"{name}: source not available: {unfetched[name]}")
+            return engine.build_one(name)
+
+        return Builder(build_one, [executor.terminate])
 
     code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=names, force=args.force, keep_going=args.keep_going,

@@ -1,0 +1,34 @@
+"""`iglubuild new NAME --url URL`: scaffold a recipe from a source tarball."""
+
+from __future__ import annotations
+
+import argparse
+
+from iglubuild.scaffold import scaffold, write_new
+from iglubuild.settings import Settings
+
+NAME = "new"
+HELP = "scaffold a recipe from a tarball URL (version, checksum and build template guessed)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="package name (the recipe folder)")
+    parser.add_argument("--url", required=True, help="the source tarball (http(s):// or file://)")
+    parser.add_argument("--repo", default="base", help="repository folder (default: base)")
+    parser.add_argument("--version", dest="pkg_version", metavar="VERSION",
+                        help="the version, when the file name does not tell")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing recipe.yaml")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    out_dir = settings.recipes / args.repo / args.name
+    if (out_dir / "recipe.yaml").exists() and not args.force:
+        # Checked before downloading, so a typo costs no download.
+        write_new("", out_dir, force=False)
+    text, notes = scaffold(args.name, args.url, repo=args.repo, recipes=settings.recipes,
+                           cache=settings.distfiles_dir, version=args.pkg_version)
+    target = write_new(text, out_dir, force=args.force)
+    print(f"wrote {target}")
+    for note in notes:
+        print(f"  - {note}")
+    return 0
