@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# The README's test command: start what the tests need (a private Docker
-# engine on its own socket), run the whole suite, stop what was started.
+# The README's test command: ruff, then the whole pytest suite (slow tests
+# included). Expensive fixtures are made once per run and shared through the
+# environment: the debootstrap build root (chroot and farm tests) and the
+# musl/userland artifacts (build, image and boot tests). The farm tests start
+# and stop their own Docker engine (tests/farm_support.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state=$(mktemp -d /tmp/iglubuild-test.XXXXXX)
-dockerd_pid=""
-cleanup() {
-    if [ -n "$dockerd_pid" ]; then
-        kill "$dockerd_pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
-    fi
-    rm -rf "$state" 2>/dev/null || true
-}
-trap cleanup EXIT
-if command -v dockerd >/dev/null 2>&1 && [ -z "${DOCKER_HOST:-}" ]; then
-    mkdir -p "$state/docker"
-    dockerd --host "unix://$state/docker.sock" --data-root "$state/docker" \
-        --exec-root "$state/exec" --pidfile "$state/docker.pid" \
-        --iptables=false --bridge=none >"$state/dockerd.log" 2>&1 &
-    dockerd_pid=$!
-    export DOCKER_HOST="unix://$state/docker.sock"
-    for _ in $(seq 1 30); do [ -S "$state/docker.sock" ] && break; sleep 1; done
-fi
 python3 -m ruff check iglubuild tests bench
+
+if [ -n "${IGLUBUILD_TEST_STATE:-}" ]; then
+    state=$IGLUBUILD_TEST_STATE  # kept: reuse it on the next run
+    mkdir -p "$state"
+else
+    state=$(mktemp -d /var/tmp/iglubuild-test.XXXXXX)
+    trap 'rm -rf "$state"' EXIT
+fi
+export IGLUBUILD_TEST_CACHE=${IGLUBUILD_TEST_CACHE:-$state/cache}
+if [ -z "${IGLUBUILD_TEST_BUILDROOT:-}" ] && [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
+    echo "making the build root once for this run (debootstrap) ..."
+    python3 -m iglubuild --build-dir "$state/buildroot" toolchain build
+    IGLUBUILD_TEST_BUILDROOT=$(python3 -m iglubuild --build-dir "$state/buildroot" toolchain path)
+    export IGLUBUILD_TEST_BUILDROOT
+fi
 python3 -m pytest -q "$@"
