@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,19 @@ import pytest
 from iglubuild.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DISTFILES = REPO_ROOT.parent / "shared" / "distfiles"
+
+
+def _distfiles() -> Path:
+    """Real upstream tarballs: $IGLUBUILD_TEST_DISTFILES, else shared/ beside the
+    clone (CI), else /work/shared (a developer's worktree)."""
+    given = os.environ.get("IGLUBUILD_TEST_DISTFILES")
+    if given:
+        return Path(given)
+    beside = REPO_ROOT.parent / "shared" / "distfiles"
+    return beside if beside.is_dir() else Path("/work/shared/distfiles")
+
+
+DISTFILES = _distfiles()
 
 
 @dataclass

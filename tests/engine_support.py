@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 import textwrap
 from pathlib import Path
 
 from iglubuild.recipe import LoadedRecipe, load_tree
+from tests.conftest import DISTFILES
 
-SHARED_DISTFILES = Path(os.environ.get("IGLUBUILD_TEST_DISTFILES", "/work/shared/distfiles"))
+SHARED_DISTFILES = DISTFILES
 MUSL_TARBALL = SHARED_DISTFILES / "musl-1.2.3.tar.gz"
 
 

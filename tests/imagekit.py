@@ -28,12 +28,9 @@ import zstandard
 from ruamel.yaml import YAML
 
 from iglubuild.image import ARTIFACT_RE
+from tests.conftest import DISTFILES
 
 REPO = Path(__file__).resolve().parent.parent
-DISTFILES = next((p for p in (Path(os.environ.get("IGLUBUILD_TEST_DISTFILES", "/nonexistent")),
-                               REPO.parent / "shared" / "distfiles",
-                               Path("/work/shared/distfiles")) if p.is_dir()),
-                 Path("/work/shared/distfiles"))
 BASE_RECIPE = REPO / "recipes" / "base" / "iglunix-base"
 MUSL = "musl-1.2.3.tar.gz"
 MKSH = "mksh-R59c.tgz"

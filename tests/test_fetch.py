@@ -23,12 +23,9 @@ from iglubuild.fetch import (
 )
 from iglubuild.recipe import Source
 from iglubuild.settings import Settings
+from tests.conftest import DISTFILES
 from tests.fault_server import Fault, FaultServer
 
-# ../shared/distfiles beside the clone (CI, /work/main); /work/shared from a worktree.
-DISTFILES = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "distfiles",
-                              Path("/work/shared/distfiles")) if p.is_dir()),
-                 Path("/work/shared/distfiles"))
 FAST = FetchOptions(retries=3, backoff=0.01, read_timeout=1.0, connect_timeout=2.0,
                     progress=False)
 

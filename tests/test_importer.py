@@ -8,7 +8,6 @@ disappear without a trace.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -24,18 +23,14 @@ from iglubuild.importer import (
     write_recipe,
 )
 from iglubuild.recipe import load_recipe
+from tests.conftest import DISTFILES as SHARED_DISTFILES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "iglunix"
 BUILD_SHS = sorted(FIXTURES.glob("*/*/build.sh"))
 
 
 def _distfiles() -> Path | None:
-    for candidate in (os.environ.get("IGLUBUILD_TEST_DISTFILES"),
-                      Path(__file__).resolve().parents[2] / "shared" / "distfiles",
-                      "/work/shared/distfiles"):
-        if candidate and Path(candidate, "SOURCES.tsv").is_file():
-            return Path(candidate)
-    return None
+    return SHARED_DISTFILES if (SHARED_DISTFILES / "SOURCES.tsv").is_file() else None
 
 
 DISTFILES = _distfiles()

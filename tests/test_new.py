@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import os
 import shutil
 import tarfile
 import threading
@@ -16,15 +15,11 @@ import pytest
 
 from iglubuild.recipe import load_recipe
 from iglubuild.scaffold import archive_members, guess_version, pick_template
+from tests.conftest import DISTFILES as SHARED_DISTFILES
 
 
 def _distfiles() -> Path | None:
-    for candidate in (os.environ.get("IGLUBUILD_TEST_DISTFILES"),
-                      Path(__file__).resolve().parents[2] / "shared" / "distfiles",
-                      "/work/shared/distfiles"):
-        if candidate and Path(candidate, "SOURCES.tsv").is_file():
-            return Path(candidate)
-    return None
+    return SHARED_DISTFILES if (SHARED_DISTFILES / "SOURCES.tsv").is_file() else None
 
 
 DISTFILES = _distfiles()

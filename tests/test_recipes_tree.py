@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
 
 from iglubuild.graph import DepGraph
 from iglubuild.recipe import load_tree
+from tests.conftest import DISTFILES as SHARED_DISTFILES
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _distfiles() -> Path | None:
-    for candidate in (os.environ.get("IGLUBUILD_TEST_DISTFILES"),
-                      Path(__file__).resolve().parents[2] / "shared" / "distfiles",
-                      "/work/shared/distfiles"):
-        if candidate and Path(candidate, "SOURCES.tsv").is_file():
-            return Path(candidate)
-    return None
+    return SHARED_DISTFILES if (SHARED_DISTFILES / "SOURCES.tsv").is_file() else None
 
 
 DISTFILES = _distfiles()

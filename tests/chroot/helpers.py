@@ -6,20 +6,11 @@ import hashlib
 import os
 from pathlib import Path
 
+from tests.conftest import DISTFILES as DISTFILES  # re-exported for the chroot tests
+
 PROJECT = Path(__file__).resolve().parents[2]
 MANIFEST = PROJECT / "toolchain" / "buildroot.toml"
 
-
-def _distfiles() -> Path:
-    # CI lays shared/ beside the clone; the helpers' worktrees see /work/shared.
-    given = os.environ.get("IGLUBUILD_TEST_DISTFILES")
-    if given:
-        return Path(given)
-    beside = PROJECT.parent / "shared" / "distfiles"
-    return beside if beside.is_dir() else Path("/work/shared/distfiles")
-
-
-DISTFILES = _distfiles()
 MUSL = "musl-1.2.3.tar.gz"
 MUSL_FLAGS = "--target=x86_64-linux-musl -fuse-ld=lld --rtlib=compiler-rt --unwindlib=none"
 
