@@ -228,11 +228,8 @@ def _expand(text: str, variables: dict[str, str], derived: dict[str, str] | None
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def find_local(names: Iterable[str], places: Sequence[Path]) -> Path | None:

@@ -170,11 +170,8 @@ class _Entry:
 
 
 def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _entry_from_disk(root: Path, rel: str, epoch: int) -> _Entry:
