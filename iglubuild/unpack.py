@@ -364,8 +364,9 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
             if srcdir is None:
                 srcdir = placed
         if srcdir is None:
-            srcdir = tmp / f"{recipe.name}-{recipe.version}"
-            srcdir.mkdir()
+            # No archive: the folder holding the recipe's files is the source
+            # folder, so phases find them in "$srcdir" (and in the cwd).
+            srcdir = tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -306,6 +306,18 @@ def test_prepare_source_archive_without_top_folder(tmp_path, settings):
     assert (srcdir.parent / "lua-5.4.4" / "Makefile").is_file()
 
 
+def test_prepare_source_with_only_files_uses_their_folder(tmp_path, settings):
+    rdir = tmp_path / "r" / "base"
+    rdir.mkdir(parents=True)
+    (rdir / "init.c").write_text("int main(void) { return 0; }\n")
+    (rdir / "fstab").write_text("LABEL=IGLUNIX / ext4 defaults 0 1\n")
+    (rdir / "recipe.yaml").write_text(
+        "name: base\nversion: '1'\nsources:\n  - file: init.c\n  - file: fstab\n")
+    srcdir = prepare_source(load_recipe(rdir / "recipe.yaml"), settings, tmp_path / "w")
+    assert srcdir == tmp_path / "w" / "src"
+    assert sorted(p.name for p in srcdir.iterdir()) == ["fstab", "init.c"]
+
+
 def test_prepare_source_needs_fetch_first(tmp_path, settings):
     archive = tmp_path / "x-1.tar.gz"
     shutil.copy(DISTFILES / "lua-5.4.4.tar.gz", archive)

@@ -33,7 +33,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     code = build(settings, args, None)
     if args.dry_run or not (args.image or args.boot):
         return code
-    if code != 0 and not args.keep_going:
+    if code != 0:
+        say("no image: the build had failures (see above)")
         return code
     from iglubuild.boot import boot
     from iglubuild.image import MIB, build_image
