@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import httpx
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import LiteralScalarString
@@ -95,6 +94,8 @@ def fetch_to_cache(url: str, cache: Path, filename: str) -> Download:
     file:// URLs and plain paths are read from disk; http(s) goes through
     httpx. The file appears under its final name only when complete.
     """
+    import httpx  # here, not at the top: every CLI start imports this module
+
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / filename
     tmp = cache / f".{filename}.part"
