@@ -198,21 +198,9 @@ def debian_kernel(cache: Path) -> Path:
     given = os.environ.get("IGLUBUILD_TEST_KERNEL")
     if given:
         return Path(given)
-    kdir = cache / "kernel"
-    found = sorted(kdir.glob("x/boot/vmlinuz-*"))
-    if found:
-        return found[-1]
-    kdir.mkdir(parents=True, exist_ok=True)
-    deps = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"],
-                          capture_output=True, text=True, check=True).stdout
-    image_pkg = next(line.split(":", 1)[1].strip() for line in deps.splitlines()
-                     if line.strip().startswith("Depends:") and "linux-image-" in line)
-    got = subprocess.run(["apt-get", "download", image_pkg], cwd=kdir, capture_output=True,
-                         text=True)
+    got = subprocess.run(["sh", str(REPO / "toolchain" / "debian-kernel.sh"),
+                          str(cache / "kernel")], capture_output=True, text=True)
     if got.returncode:
-        raise RuntimeError(f"apt-get download {image_pkg} failed (run apt-get update?): "
+        raise RuntimeError(f"toolchain/debian-kernel.sh failed (run apt-get update?): "
                            f"{got.stderr.strip()[-500:]}; or set IGLUBUILD_TEST_KERNEL")
-    deb = next(kdir.glob(f"{image_pkg}_*.deb"))
-    subprocess.run(["dpkg-deb", "-x", deb, kdir / "x"], check=True)
-    deb.unlink()
-    return sorted(kdir.glob("x/boot/vmlinuz-*"))[-1]
+    return Path(got.stdout.strip().splitlines()[-1])

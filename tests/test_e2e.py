@@ -24,6 +24,7 @@ import pytest
 
 from iglubuild.package import install_artifact
 from tests.conftest import DISTFILES, REPO_ROOT
+from tests.imagekit import debian_kernel
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -51,12 +52,6 @@ def serve() -> Iterator[Callable[[Path], str]]:
         server.server_close()
 
 
-def _kernel(cache: Path) -> Path:
-    out = subprocess.run(["sh", str(REPO_ROOT / "toolchain" / "debian-kernel.sh"),
-                          str(cache / "kernel")], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
 def _iglubuild(build: Path, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "iglubuild", "--build-dir", str(build), *args],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout)
@@ -68,7 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, serve):  # type: ignore[no-u
         pytest.skip(f"shared distfiles not found at {DISTFILES}")
     build = tmp_path_factory.mktemp("world")
     mirror = serve(DISTFILES)
-    kernel = _kernel(build)
+    kernel = debian_kernel(build)
     proc = _iglubuild(build, "--mirror", mirror, "world", "--keep-going", "--boot",
                       "--firmware", "direct", "--kernel", str(kernel),
                       "--run", "echo shell=$KSH_VERSION; cat /etc/os-release")
