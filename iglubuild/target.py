@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shlex
 import tomllib
 from collections.abc import Sequence
@@ -124,14 +125,22 @@ def write_wrappers(target: Target, sysroot: Path, bindir: Path,
     bindir.mkdir(parents=True, exist_ok=True)
     flags = shlex.join(target.flags_for(sysroot))
     prefix = shlex.join(launcher) + " " if launcher else ""
-    # Absolute driver paths: the wrappers shadow `clang` on PATH themselves.
-    cc_text = _WRAPPER.format(driver=prefix + shlex.quote(_tool_path(target.cc)), flags=flags)
-    cxx_text = _WRAPPER.format(driver=prefix + shlex.quote(_tool_path(target.cxx)), flags=flags)
     t = target.triple
-    for names, text in (
-        ((f"{t}-cc", f"{t}-gcc", f"{t}-clang", "cc", "gcc", "clang"), cc_text),
-        ((f"{t}-c++", f"{t}-g++", f"{t}-clang++", "c++", "g++", "clang++"), cxx_text),
-    ):
+    cc_names = (f"{t}-cc", f"{t}-gcc", f"{t}-clang", "cc", "gcc", "clang")
+    cxx_names = (f"{t}-c++", f"{t}-g++", f"{t}-clang++", "c++", "g++", "clang++")
+    shadowed = set(cc_names) | set(cxx_names)
+    # Absolute driver paths: the wrappers shadow `clang` on PATH themselves.
+    # distccd refuses absolute compiler paths (it only runs compilers in its
+    # masquerade whitelist), so through a launcher the driver is named by a
+    # whitelisted name that the wrappers do not shadow, such as clang-14.
+    cc_driver = _tool_path(target.cc)
+    cxx_driver = _tool_path(target.cxx)
+    if launcher:
+        cc_driver = _whitelisted_name(cc_driver, shadowed)
+        cxx_driver = _whitelisted_name(cxx_driver, shadowed)
+    cc_text = _WRAPPER.format(driver=prefix + shlex.quote(cc_driver), flags=flags)
+    cxx_text = _WRAPPER.format(driver=prefix + shlex.quote(cxx_driver), flags=flags)
+    for names, text in ((cc_names, cc_text), (cxx_names, cxx_text)):
         for name in names:
             path = bindir / name
             path.write_text(text, encoding="utf-8")
@@ -144,6 +153,30 @@ def write_wrappers(target: Target, sysroot: Path, bindir: Path,
                         encoding="utf-8")
         path.chmod(0o755)
     return env
+
+
+DISTCC_WHITELIST = Path("/usr/lib/distcc")
+
+
+def _whitelisted_name(driver: str, shadowed: set[str]) -> str:
+    """A name distccd accepts for the same compiler binary as `driver`.
+
+    Falls back to `driver` itself (distcc then compiles locally) when no
+    whitelisted name that the wrappers leave alone points at the same file.
+    """
+    real = os.path.realpath(driver)
+    # clang and clang++ are one binary whose mode comes from its name, so only
+    # versioned spellings of the same name qualify (clang -> clang-14).
+    same_name = re.compile(re.escape(os.path.basename(driver)) + r"(-[0-9.]+)?")
+    candidates = sorted(p.name for p in DISTCC_WHITELIST.iterdir()) \
+        if DISTCC_WHITELIST.is_dir() else []
+    for name in candidates:
+        if name in shadowed or not same_name.fullmatch(name):
+            continue
+        found = which(name)
+        if found is not None and os.path.realpath(found) == real:
+            return name
+    return driver
 
 
 @functools.lru_cache(maxsize=64)

@@ -66,3 +66,26 @@ def test_elf_reader_sees_glibc_in_host_binaries(tmp_path: Path) -> None:
     assert read_elf(tmp_path / "bin/script") is None
     found = find_glibc_linked(tmp_path)
     assert [p for p, _ in found] == ["bin/true"]
+
+
+def test_wrappers_name_a_distcc_whitelisted_compiler_with_a_launcher(tmp_path: Path) -> None:
+    """distccd refuses absolute compiler paths; through distcc the wrapper must
+    call a whitelisted name that it does not shadow itself (Debian: clang-14)."""
+    import shutil
+
+    import pytest
+
+    from iglubuild.target import DISTCC_WHITELIST, load_target, write_wrappers
+
+    if not DISTCC_WHITELIST.is_dir() or shutil.which("clang") is None:
+        pytest.skip("distcc or clang not installed")
+    target = load_target()
+    write_wrappers(target, tmp_path / "sysroot", tmp_path / "bin", launcher=("distcc",))
+    text = (tmp_path / "bin" / "cc").read_text()
+    driver = text.split("distcc ", 1)[1].split()[0]
+    assert not driver.startswith("/") and driver not in ("clang", "cc", "gcc")
+    assert (DISTCC_WHITELIST / driver).exists()
+    plain = tmp_path / "plain"
+    write_wrappers(target, tmp_path / "sysroot", plain)
+    assert "exec distcc" not in (plain / "cc").read_text()
+    assert "/clang" in (plain / "cc").read_text()
