@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -178,7 +179,8 @@ def test_launcher_wraps_compiles_unless_no_distcc(env: Env, tmp_path: Path) -> N
     write_recipe(env.recipes, "local", body.format(name="local", options="options: [no-distcc]"))
     env.build("farmed", launcher=[str(launcher)], extra_env={"LAUNCH_LOG": str(log)})
     calls = log.read_text().splitlines()
-    assert len(calls) == 1 and calls[0].startswith("/usr/bin/clang --target=x86_64-linux-musl")
+    # Through a launcher the driver is named as distccd whitelists it (clang-14).
+    assert len(calls) == 1 and re.match(r"clang-[0-9]+ --target=x86_64-linux-musl", calls[0])
     assert calls[0].endswith("-c f.c -o f.o")
     env.build("local", launcher=[str(launcher)], extra_env={"LAUNCH_LOG": str(log)})
     assert len(log.read_text().splitlines()) == 1  # no-distcc: the launcher was left out
