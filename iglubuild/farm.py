@@ -60,7 +60,7 @@ STATE_FILE = "farm-state.json"
 
 # The flags every build uses for the musl target; the probe is compiled with
 # them so that the identity covers the code generation builds will get.
-PROBE_FLAGS = ("--target=x86_64-linux-musl", "-O2")
+PROBE_FLAGS = ("-target", "x86_64-linux-musl", "-O2")  # distcc keeps an explicit -target
 PROBE_SOURCE = """\
 /* iglubuild compiler identity probe: exercises the optimiser and codegen. */
 struct node { struct node *next; unsigned long key; double weight; };
