@@ -503,6 +503,9 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
             package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
             # The sysroot is shared by builds with the same deps: read-only.
             writable=(paths.work,), readonly=(sysroot,),
+            # Builds have no network, except that compiles sent to the distcc
+            # farm must reach its volunteers (--farm sets DISTCC_HOSTS).
+            network="DISTCC_HOSTS" in env,
         )
         rc = executor.run_phase(job, log)
         if rc != 0:
