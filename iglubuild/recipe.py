@@ -28,6 +28,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -84,18 +85,13 @@ class Source(BaseModel):
         description="why no checksum is given yet; fetch refuses such a source",
     )
 
-    @field_validator("sha256")
+    @field_validator("sha256", "sha512")
     @classmethod
-    def _sha256(cls, v: str | None) -> str | None:
-        if v is not None and not (len(v) == 64 and HEX_RE.match(v)):
-            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {len(v)} characters")
-        return v
-
-    @field_validator("sha512")
-    @classmethod
-    def _sha512(cls, v: str | None) -> str | None:
-        if v is not None and not (len(v) == 128 and HEX_RE.match(v)):
-            raise ValueError(f"sha512 must be 128 lowercase hex digits, got {len(v)} characters")
+    def _checksum(cls, v: str | None, info: ValidationInfo) -> str | None:
+        digits = {"sha256": 64, "sha512": 128}[info.field_name]
+        if v is not None and not (len(v) == digits and HEX_RE.match(v)):
+            raise ValueError(f"{info.field_name} must be {digits} lowercase hex digits, "
+                             f"got {len(v)} characters")
         return v
 
     @field_validator("url")
