@@ -82,6 +82,21 @@ def test_good_file_lands_and_is_reused(server, settings, payload):
     assert len(server.requests) == 1  # the second run never touched the network
 
 
+def test_downloads_read_the_socket_in_large_pieces(server, settings):
+    """The throughput fix (see fetch._widen_socket_reads) still takes effect.
+
+    If an httpcore upgrade renames READ_NUM_BYTES, fetch keeps working but
+    falls back to 64 KiB reads and about 0.7 of curl's rate; this says so.
+    """
+    import httpcore
+
+    data = os.urandom(3 << 20)
+    url = server.add("/big.tar.gz", data)
+    fetch_sources([("big", Src(url=url, sha256=sha256(data)))], settings, FAST)
+    assert entry_of(settings, data).read_bytes() == data
+    assert httpcore.HTTP11Connection.READ_NUM_BYTES >= 256 << 10
+
+
 def test_checksum_mismatch_keeps_nothing(server, settings, payload):
     url = server.add("/bad.tar.gz", payload)
     wrong = sha256(b"something else")
