@@ -26,22 +26,26 @@ is never visible.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import stat
-import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-
-import zstandard
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from iglubuild.errors import BuildError, IglubuildError, UsageError
+from iglubuild.package import (
+    ARTIFACT_RE,
+    PKGINFO,
+    RootTree,
+    install_artifact,
+    open_artifact,
+    resolve_in_root,
+)
 from iglubuild.run import base_env, require_tool, run
 from iglubuild.settings import Settings
 
@@ -59,16 +63,7 @@ KERNEL_NAME = "vmlinuz"
 ENTRY_PATH = "loader/entries/iglunix.conf"
 DB_DIR = "usr/share/iglupkg"
 DB_INDEX = "index.json"
-# The engine's JSON metadata, first member of every artifact; not a file of the image.
-PKGINFO = ".PKGINFO"
-ARTIFACT_RE = re.compile(
-    r"^(?P<name>.+)-(?P<version>[^-]+)-r(?P<release>\d+)\.(?P<arch>[A-Za-z0-9_]+)\.tar\.zst$"
-)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-
-
-class FileConflictError(BuildError):
-    """Two packages of the image set install the same path."""
 
 
 # ---------------------------------------------------------------- artifacts
@@ -94,20 +89,6 @@ class Artifact:
                 hint="expected <name>-<version>-r<release>.<arch>.tar.zst",
             )
         return cls(m["name"], m["version"], int(m["release"]), m["arch"], path)
-
-
-@contextlib.contextmanager
-def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    """A streaming tar reader over a zstd artifact; unreadable ones are BuildErrors."""
-    try:
-        with open(path, "rb") as raw, \
-                zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as zr, \
-                tarfile.open(fileobj=zr, mode="r|") as tar:
-            yield tar
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, UnicodeDecodeError,
-            json.JSONDecodeError) as exc:
-        raise BuildError(f"{path}: unreadable artifact: {exc}",
-                         hint="rebuild the package") from exc
 
 
 def _parse_metadata(text: str) -> dict[str, object]:
@@ -159,7 +140,7 @@ def read_metadata(artifact: Artifact) -> dict[str, object]:
     """An artifact's metadata: the engine's .PKGINFO (JSON, the first member), else
     the iglupkg file usr/share/iglupkg/<name> it also carries."""
     wanted = f"{DB_DIR}/{artifact.name}"
-    with _open_tar(artifact.path) as tar:
+    with open_artifact(artifact.path) as tar:
         for member in tar:
             if member.isfile() and (member.name == PKGINFO or
                                     member.name.lstrip("./").rstrip("/") == wanted):
@@ -249,152 +230,6 @@ def runtime_closure(names: Sequence[str], artifacts: dict[str, Artifact]) -> lis
 # ---------------------------------------------------------------- installing
 
 
-@dataclass
-class RootTree:
-    """A root tree being filled, and what each path should be owned by."""
-
-    path: Path
-    owners: dict[str, str] = field(default_factory=dict)  # path -> package (non-dirs)
-    dir_owners: dict[str, str] = field(default_factory=dict)
-    # Owner the artifact asked for, for every installed path (to fix as non-root).
-    wanted_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
-    files: dict[str, list[str]] = field(default_factory=dict)  # package -> its paths
-
-
-def _member_path(name: str, artifact: Path) -> str:
-    """A tar member's path relative to the root; refuses anything that could escape."""
-    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
-    if name.startswith("/") or ".." in parts:
-        raise BuildError(f"{artifact}: unsafe path {name!r} in artifact",
-                         hint="artifact members must be relative, without '..'")
-    return "/".join(parts)
-
-
-def _resolve_in_root(root: Path, rel: str) -> Path:
-    """The host path of `rel` with symlinks resolved as if `root` were `/`.
-
-    Artifacts carry absolute symlinks (/lib/ld-musl-x86_64.so.1 -> /usr/lib/libc.so)
-    that mean paths inside the image; following them on the host while extracting
-    could write outside the root, so every link is resolved against the root.
-    """
-    parts = [p for p in rel.split("/") if p]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        if part == ".":
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise BuildError(f"too many symlinks resolving /{rel} in the image root")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
-
-
-def install_artifact(artifact: Artifact, tree: RootTree) -> list[str]:
-    """Unpack one artifact into the root tree, refusing paths another package owns.
-
-    This is the one place that knows how an artifact becomes files. The build
-    engine's package.install_artifact does the same job for build roots; this
-    one also names the package that already owns a path, resolves symlinks as
-    the image will see them, and records the owner each member asks for (see
-    the module docstring). Returns the paths installed (relative to the root).
-    """
-    root = tree.path
-    as_root = os.geteuid() == 0
-    installed: list[str] = []
-    # Directory modes and times are set last: a read-only directory must stay
-    # writable while its contents are unpacked, and writing changes its mtime.
-    dirs: list[tuple[Path, tarfile.TarInfo]] = []
-    with _open_tar(artifact.path) as tar:
-        for member in tar:
-            if member.name == PKGINFO:
-                continue
-            rel = _member_path(member.name, artifact.path)
-            if not rel:
-                continue
-            parent = _resolve_in_root(root, str(PurePosixPath(rel).parent))
-            dest = parent / PurePosixPath(rel).name
-            if member.isdir() and dest.is_symlink():
-                # A directory over another package's link (lib -> usr/lib): its
-                # contents go through the link, resolved inside the root.
-                target = _resolve_in_root(root, rel)
-                if target.exists() and not target.is_dir():
-                    raise FileConflictError(
-                        f"package {artifact.name} installs directory /{rel} over a link "
-                        f"of {tree.owners.get(rel, '?')} to a file",
-                        hint="move the directory in one recipe")
-                target.mkdir(parents=True, exist_ok=True)
-                tree.dir_owners.setdefault(rel, artifact.name)
-                continue
-            if member.isdir():
-                other = tree.owners.get(rel)
-                if other or dest.exists() and not dest.is_dir():
-                    raise FileConflictError(
-                        f"packages {other or '?'} and {artifact.name} both install /{rel}"
-                        " (a file in one, a directory in the other)",
-                        hint="move the file in one recipe, or split it into a sub-package")
-                dest.mkdir(parents=True, exist_ok=True)
-                dirs.append((dest, member))
-                tree.dir_owners.setdefault(rel, artifact.name)
-            else:
-                other = tree.owners.get(rel) or tree.dir_owners.get(rel)
-                if other or dest.exists() or dest.is_symlink():
-                    raise FileConflictError(
-                        f"packages {other or '?'} and {artifact.name} both install /{rel}",
-                        hint="remove the file from one recipe (or put it in a sub-package)")
-                parent.mkdir(parents=True, exist_ok=True)
-                _extract_one(tar, member, dest, root, artifact)
-                tree.owners[rel] = artifact.name
-            if as_root:
-                os.lchown(dest, member.uid, member.gid)
-                if member.isfile():
-                    # chown clears setuid/setgid bits; give them back.
-                    os.chmod(dest, stat.S_IMODE(member.mode))
-            if not member.issym() and not member.isdir():
-                os.utime(dest, (member.mtime, member.mtime))
-            tree.wanted_ids[rel] = (member.uid, member.gid)
-            installed.append(rel)
-        for dest, member in reversed(dirs):
-            os.chmod(dest, stat.S_IMODE(member.mode))
-            os.utime(dest, (member.mtime, member.mtime))
-    tree.files[artifact.name] = installed
-    return installed
-
-
-def _extract_one(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, root: Path,
-                 artifact: Artifact) -> None:
-    if member.isfile():
-        src = tar.extractfile(member)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            if src is not None:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-        # chmod after writing: setuid bits survive (no filter strips them).
-        os.chmod(dest, stat.S_IMODE(member.mode))
-    elif member.issym():
-        os.symlink(member.linkname, dest)
-    elif member.islnk():
-        target = _resolve_in_root(root, _member_path(member.linkname, artifact.path))
-        os.link(target, dest)
-    elif member.isfifo():
-        os.mkfifo(dest, stat.S_IMODE(member.mode))
-    else:
-        raise BuildError(f"{artifact.path}: device node {member.name!r} in artifact",
-                         hint="packages must not ship device nodes; /dev is devtmpfs at boot")
-
-
 def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
     """The installed-package database: usr/share/iglupkg/<name> plus index.json.
 
@@ -402,7 +237,7 @@ def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
     without one gets a small JSON file so every installed package is listed.
     The index adds what only the installer knows: the files each package owns.
     """
-    db = _resolve_in_root(tree.path, DB_DIR)
+    db = resolve_in_root(tree.path, DB_DIR)
     db.mkdir(parents=True, exist_ok=True)
     index: dict[str, object] = {}
     for art in packages:
@@ -424,7 +259,7 @@ def populate_root(packages: Sequence[Artifact], root: Path) -> RootTree:
     """Install every package into an empty `root` and write the package database."""
     tree = RootTree(root)
     for art in packages:
-        install_artifact(art, tree)
+        install_artifact(art.path, tree)
     write_package_db(tree, packages)
     return tree
 
@@ -711,7 +546,7 @@ def find_kernel(root: Path, kernel: Path | None) -> Path:
             raise UsageError(f"kernel {kernel} does not exist",
                              hint="pass the path of a bzImage/vmlinuz file")
         return kernel
-    boot = _resolve_in_root(root, "boot")
+    boot = resolve_in_root(root, "boot")
     found = sorted(boot.glob("vmlinuz*")) if boot.is_dir() else []
     if not found:
         raise UsageError("no kernel: the linux package is not built and --kernel was not given",

@@ -12,9 +12,9 @@ SOURCE_DATE_EPOCH, integer times only (no varying pax headers), one fixed
 zstd level, single-threaded. Everything is written to a temporary name and
 renamed, so a half-written artifact or index is never visible.
 
-The same module reads artifacts back: `read_metadata`, and `install_artifact`
-which extracts safely into a root (used for sysroots and by the
-image stage).
+The same module reads artifacts back: `read_metadata`, and `install_artifact`,
+the one installer, which extracts safely into a root and tracks which package
+owns each path (used for sysroots and by the image stage).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -340,26 +342,34 @@ def pack_all(pkgdir: Path, main: PackageInfo, subpackages: Mapping[str, Sequence
 
 # ---------------------------------------------------------------- reading
 
+# `<name>-<version>-r<release>.<arch>.tar.zst`, as `artifact_name` writes it.
+ARTIFACT_RE = re.compile(
+    r"^(?P<name>.+)-(?P<version>[^-]+)-r(?P<release>\d+)\.(?P<arch>[A-Za-z0-9_]+)\.tar\.zst$"
+)
+
 
 @contextlib.contextmanager
-def _open_tar(artifact: Path) -> Iterator[tarfile.TarFile]:
+def open_artifact(artifact: Path) -> Iterator[tarfile.TarFile]:
+    """A streaming tar reader over an artifact; a broken one is a one-line PackageError."""
     try:
         raw = artifact.open("rb")
     except FileNotFoundError as exc:
         raise PackageError(f"{artifact}: no such package file") from exc
     try:
-        with raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr, tarfile.open(
-            fileobj=zr, mode="r|"
-        ) as tar:
+        # read_across_frames: artifacts made by other zstd writers may hold several frames.
+        with raw, zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True
+        ) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:
             yield tar
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, UnicodeDecodeError,
+            json.JSONDecodeError) as exc:
         raise PackageError(f"{artifact}: not a valid package ({exc})",
                            hint="delete it and build the package again") from exc
 
 
 def read_metadata(artifact: Path) -> dict[str, Any]:
     """The `.PKGINFO` of an artifact (its first member, so this reads only the head)."""
-    with _open_tar(artifact) as tar:
+    with open_artifact(artifact) as tar:
         first = tar.next()
         if first is None or first.name != PKGINFO:
             raise PackageError(f"{artifact}: {PKGINFO} is not the first member",
@@ -372,82 +382,187 @@ def read_metadata(artifact: Path) -> dict[str, Any]:
             raise PackageError(f"{artifact}: broken {PKGINFO}: {exc}") from exc
 
 
-def _safe_rel(name: str, artifact: Path) -> str:
-    rel = name.rstrip("/")
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+# ---------------------------------------------------------------- installing
+
+
+class FileConflictError(PackageError):
+    """Two packages installed into one root ship the same path."""
+
+
+@dataclass
+class RootTree:
+    """A root being filled from artifacts, and who owns what in it.
+
+    Sysroots and the image root are both filled through one of these, so a
+    conflict names the package that already owns the path, the image stage
+    knows each package's files for its database, and `wanted_ids` keeps the
+    owner each member asked for (the image rewrites it when not run as root).
+    """
+
+    path: Path
+    owners: dict[str, str] = field(default_factory=dict)  # path -> package (non-dirs)
+    dir_owners: dict[str, str] = field(default_factory=dict)
+    wanted_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)  # package -> its paths
+
+
+def member_path(name: str, artifact: Path) -> str:
+    """A tar member's path relative to the root; refuses anything that could escape."""
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
         raise PackageError(f"{artifact}: unsafe member name {name!r}",
                            hint="members must be relative paths without '..'")
-    return rel
+    return "/".join(parts)
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        Path(os.path.realpath(path)).relative_to(root)
-        return True
-    except ValueError:
-        return False
+def resolve_in_root(root: Path, rel: str) -> Path:
+    """The host path of `rel` with symlinks resolved as if `root` were `/`.
 
-
-def install_artifact(artifact: Path, root: Path, *, overwrite: bool = False) -> list[str]:
-    """Unpack an artifact into `root` safely; return the paths it installed.
-
-    Nothing may land outside `root`: absolute names and `..` are refused, and
-    a member whose parent folder resolves (through symlinks already in root)
-    outside `root` is refused. Symlinks themselves may point anywhere -- they
-    are read inside the finished root, not followed here. A file that is
-    already there is a conflict between two packages unless `overwrite`.
-    Only files, folders and symlinks are accepted.
+    Artifacts carry absolute symlinks (/lib/ld-musl-x86_64.so.1 -> /usr/lib/libc.so)
+    that mean paths inside the root; following them on the host while extracting
+    could write outside it, so every link is resolved against the root, and `..`
+    stops at the root as it does at `/`.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    real_root = Path(os.path.realpath(root))
+    parts = [p for p in rel.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        if part == ".":
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise PackageError(f"too many symlinks resolving /{rel} in {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def package_name(artifact: Path) -> str:
+    """The package an artifact file holds, from its name (the file name if it is odd)."""
+    m = ARTIFACT_RE.match(artifact.name)
+    return m["name"] if m else artifact.name
+
+
+def install_artifact(artifact: Path, root: Path | RootTree, *,
+                     overwrite: bool = False) -> list[str]:
+    """Unpack an artifact into a root safely; return the paths it installed.
+
+    The one place that turns an artifact into files, for sysroots and for the
+    image root. Nothing lands outside the root: absolute names and `..` are
+    refused, and symlinks already in the root are followed as the finished
+    root will see them (absolute ones from the root, not from the host's `/`).
+    Only files, folders and symlinks are accepted -- what `pack` writes.
+
+    `root` is a `RootTree` when several packages go into one root: a path that
+    another package already installed is a FileConflictError naming both
+    packages, unless `overwrite`. As root, members get the owner they ask for.
+    """
+    tree = root if isinstance(root, RootTree) else RootTree(root)
+    base = tree.path
+    base.mkdir(parents=True, exist_ok=True)
+    name = package_name(artifact)
+    as_root = os.geteuid() == 0
     installed: list[str] = []
-    dir_times: list[tuple[Path, int]] = []
-    with _open_tar(artifact) as tar:
+    # Folder modes and times are set last: a read-only folder must stay
+    # writable while its contents are unpacked, and writing changes its mtime.
+    dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    with open_artifact(artifact) as tar:
         for m in tar:
             if m.name == PKGINFO:
                 continue
-            rel = _safe_rel(m.name, artifact)
-            dest = real_root / rel
-            if not _inside(real_root, dest.parent):
-                raise PackageError(f"{artifact}: {rel} would be written outside {root}",
-                                   hint="a folder on its path is a symlink leading out")
-            if m.isdir():
-                if dest.is_symlink() and _inside(real_root, dest) and dest.is_dir():
-                    pass  # a folder symlink from another package (merged /usr style)
-                else:
-                    dest.mkdir(exist_ok=True)
-                    dest.chmod(m.mode & 0o7777)
-                    dir_times.append((dest, int(m.mtime)))
-                installed.append(rel)
+            rel = member_path(m.name, artifact)
+            if not rel:
                 continue
-            if os.path.lexists(dest):
-                if dest.is_dir() and not dest.is_symlink():
-                    raise PackageError(f"{artifact}: {rel} is a folder in {root}")
-                if not overwrite:
-                    raise PackageError(
-                        f"{artifact}: {rel} already exists in {root}",
-                        hint="two packages ship the same file",
-                    )
-                dest.unlink()
-            if m.issym():
-                os.symlink(m.linkname, dest)
-            elif m.isfile():
-                src = tar.extractfile(m)
-                assert src is not None
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                os.chmod(dest, m.mode & 0o7777)
-            else:
+            if not (m.isfile() or m.isdir() or m.issym()):
                 raise PackageError(f"{artifact}: {rel} is not a file, folder or symlink",
                                    hint="iglubuild artifacts hold only those")
-            os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+            parent = resolve_in_root(base, str(PurePosixPath(rel).parent))
+            dest = parent / PurePosixPath(rel).name
+            if m.isdir() and dest.is_symlink():
+                # A folder over another package's link (lib -> usr/lib, merged-/usr
+                # style): its contents go through the link, resolved inside the root.
+                target = resolve_in_root(base, rel)
+                if target.exists() and not target.is_dir():
+                    raise FileConflictError(
+                        f"package {name} installs folder /{rel} over a link "
+                        f"of {tree.owners.get(rel, '?')} to a file",
+                        hint="move the folder in one recipe")
+                target.mkdir(parents=True, exist_ok=True)
+                tree.dir_owners.setdefault(rel, name)
+                continue
+            if m.isdir():
+                other = tree.owners.get(rel)
+                if other or dest.exists() and not dest.is_dir():
+                    raise FileConflictError(
+                        f"packages {other or '?'} and {name} both install /{rel}"
+                        " (a file in one, a folder in the other)",
+                        hint="move the file in one recipe, or split it into a sub-package")
+                dest.mkdir(parents=True, exist_ok=True)
+                dirs.append((dest, m))
+                tree.dir_owners.setdefault(rel, name)
+            else:
+                _make_room(tree, rel, dest, name, overwrite)
+                parent.mkdir(parents=True, exist_ok=True)
+                if m.issym():
+                    os.symlink(m.linkname, dest)
+                else:
+                    _write_file(tar, m, dest)
+                tree.owners[rel] = name
+                if as_root:
+                    os.lchown(dest, m.uid, m.gid)
+                if m.isfile():
+                    # After writing (and after chown, which clears them): setuid bits stay.
+                    os.chmod(dest, stat.S_IMODE(m.mode))
+                os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
+            tree.wanted_ids[rel] = (m.uid, m.gid)
             installed.append(rel)
-    for path, mtime in reversed(dir_times):
-        os.utime(path, (mtime, mtime))
+    for dest, m in reversed(dirs):
+        if as_root:
+            os.lchown(dest, m.uid, m.gid)
+        os.chmod(dest, stat.S_IMODE(m.mode))
+        os.utime(dest, (m.mtime, m.mtime))
+    tree.files.setdefault(name, []).extend(installed)
     return installed
+
+
+def _make_room(tree: RootTree, rel: str, dest: Path, name: str, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) a path that is already taken in the root."""
+    other = tree.owners.get(rel) or tree.dir_owners.get(rel)
+    if not (other or os.path.lexists(dest)):
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        raise FileConflictError(
+            f"packages {other or '?'} and {name} both install /{rel}"
+            " (a folder in one, a file in the other)",
+            hint="move the file in one recipe, or split it into a sub-package")
+    if overwrite:
+        dest.unlink(missing_ok=True)
+        return
+    if other:
+        raise FileConflictError(f"packages {other} and {name} both install /{rel}",
+                                hint="remove the file from one recipe (or put it in a "
+                                     "sub-package)")
+    raise FileConflictError(f"package {name} installs /{rel}, which already exists in "
+                            f"{tree.path}", hint="two packages ship the same file")
+
+
+def _write_file(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path) -> None:
+    src = tar.extractfile(m)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        if src is not None:
+            shutil.copyfileobj(src, out, 1 << 20)
 
 
 # ---------------------------------------------------------------- index

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iglubuild.errors import BuildError
-from iglubuild.package import install_artifact
+from iglubuild.package import RootTree, install_artifact
 
 DEFAULT_KEEP = 16
 
@@ -110,8 +110,9 @@ class SysrootCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
+            tree = RootTree(tmp)  # one tree: a file conflict names both packages
             for artifact in artifacts:
-                install_artifact(artifact, tmp)
+                install_artifact(artifact, tree)
                 note(f"sysroot: {artifact.name}")
             try:
                 os.rename(tmp, path)

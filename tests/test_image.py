@@ -20,13 +20,13 @@ from iglubuild.cli import main
 from iglubuild.errors import BuildError, UsageError
 from iglubuild.image import (
     Artifact,
-    FileConflictError,
     find_artifacts,
     make_image,
     parse_size,
     populate_root,
     runtime_closure,
 )
+from iglubuild.package import FileConflictError
 from tests.imagekit import pack_artifact
 
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -165,7 +165,7 @@ def test_unsafe_member_refused(repo: Path) -> None:
         ti = tarfile.TarInfo("../../escaped")
         ti.size = 2
         tar.addfile(ti, io.BytesIO(b"x\n"))
-    with pytest.raises(BuildError, match="unsafe path"):
+    with pytest.raises(BuildError, match="unsafe member name"):
         populate_root([Artifact.from_path(bad)], repo / "root")
     assert not (repo / "escaped").exists()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import zstandard
 
 from iglubuild.package import (
     PKGINFO,
+    FileConflictError,
     PackageError,
     PackageInfo,
+    RootTree,
     _match,
     install_artifact,
     pack_all,
@@ -222,16 +225,64 @@ def test_install_refuses_paths_leaving_root(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "escape").exists() and not (tmp_path / "y").exists()
 
 
-def test_install_refuses_writing_through_a_symlink_out_of_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", ["{outside}", "../../outside", "../{outside}"])
+def test_install_never_writes_through_a_symlink_out_of_root(tmp_path: Path, link: str) -> None:
+    """A package's symlink is resolved as the finished root will see it, never on the host.
+
+    `lib -> /tmp/.../outside` means that path inside the root, so a later
+    `lib/payload` lands under the root; `..` stops at the root as at `/`.
+    """
     outside = tmp_path / "outside"
     outside.mkdir()
     art = write_raw_artifact(tmp_path / "evil.tar.zst", [
-        (ti("lib", tarfile.SYMTYPE, str(outside)), b""),
+        (ti("lib", tarfile.SYMTYPE, link.format(outside=outside)), b""),
         (ti("lib/payload"), b"pwned"),
     ])
-    with pytest.raises(PackageError, match="outside"):
-        install_artifact(art, tmp_path / "root")
+    root = tmp_path / "root"
+    assert install_artifact(art, root) == ["lib", "lib/payload"]
     assert not (outside / "payload").exists()
+    landed = [p for p in root.rglob("payload")]
+    assert len(landed) == 1 and landed[0].read_bytes() == b"pwned"
+    assert not landed[0].is_symlink() and os.path.realpath(landed[0]).startswith(str(root))
+
+
+def test_conflict_names_both_packages(tmp_path: Path) -> None:
+    """Two packages in one root shipping the same path: the error names both."""
+    def one(name: str, files: dict[str, str]) -> Path:
+        pkg = tmp_path / f"pkg-{name}"
+        for rel, text in files.items():
+            (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+            (pkg / rel).write_text(text)
+        return pack_all(pkg, PackageInfo(name=name, version="1", release=1, arch="x86_64"),
+                        {}, tmp_path / "out", epoch=1)[0]
+
+    busybox = one("busybox", {"bin/sh": "bb", "bin/ls": "bb"})
+    mksh = one("mksh", {"bin/sh": "mksh"})
+    tree = RootTree(tmp_path / "root")
+    install_artifact(busybox, tree)
+    with pytest.raises(FileConflictError,
+                       match=r"^packages busybox and mksh both install /bin/sh$") as err:
+        install_artifact(mksh, tree)
+    assert "sub-package" in (err.value.hint or "")
+    assert (tree.path / "bin/sh").read_text() == "bb"  # the first owner's file is kept
+    assert tree.owners["bin/sh"] == "busybox" and "bin/ls" in tree.files["busybox"]
+    # A file that is a folder in the other package is a conflict too, also naming both.
+    folder = one("shdir", {"bin/sh/x": "d"})
+    with pytest.raises(FileConflictError, match=r"packages busybox and shdir both install /bin/sh"):
+        install_artifact(folder, tree)
+    # `overwrite` (reinstalling over a tree) replaces the file and records the new owner.
+    install_artifact(mksh, tree, overwrite=True)
+    assert (tree.path / "bin/sh").read_text() == "mksh" and tree.owners["bin/sh"] == "mksh"
+
+
+def test_read_only_folder_is_filled_before_its_mode_is_set(tmp_path: Path) -> None:
+    d = ti("etc/ro", tarfile.DIRTYPE)
+    d.mode = 0o555
+    art = write_raw_artifact(tmp_path / "ro.tar.zst", [(ti("etc", tarfile.DIRTYPE), b""), (d, b""),
+                                                       (ti("etc/ro/file"), b"x")])
+    install_artifact(art, tmp_path / "root")
+    assert (tmp_path / "root/etc/ro/file").read_bytes() == b"x"
+    assert stat.S_IMODE((tmp_path / "root/etc/ro").stat().st_mode) == 0o555
 
 
 def test_install_refuses_device_nodes_and_hardlinks(tmp_path: Path) -> None:
