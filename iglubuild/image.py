@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError, IglubuildError, UsageError
 from iglubuild.package import (
     ARTIFACT_RE,
@@ -248,10 +249,7 @@ def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
             own.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             tree.wanted_ids[f"{DB_DIR}/{art.name}"] = (0, 0)
         index[art.name] = dict(meta, files=sorted(tree.files.get(art.name, [])))
-    tmp = db / f".{DB_INDEX}.tmp"
-    tmp.write_text(json.dumps({"packages": index}, indent=1, sort_keys=True) + "\n",
-                   encoding="utf-8")
-    tmp.rename(db / DB_INDEX)
+    write_atomic(db / DB_INDEX, json.dumps({"packages": index}, indent=1, sort_keys=True) + "\n")
     tree.wanted_ids[f"{DB_DIR}/{DB_INDEX}"] = (0, 0)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import zstandard
 
+from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError
 
 PKGINFO = ".PKGINFO"
@@ -586,15 +587,5 @@ def write_index(packages_dir: Path) -> Path:
         entry.update(file=artifact.name, size=st.st_size, sha256=_hash_file(artifact))
         packages[name] = entry
     doc = {"format": FORMAT_VERSION, "packages": dict(sorted(packages.items()))}
-    target = packages_dir / "index.json"
-    fd, tmp_name = tempfile.mkstemp(prefix=".index.json.", suffix=".tmp", dir=packages_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(packages_dir / "index.json",
+                        json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
 
 STATE_FORMAT = 1
@@ -280,15 +280,8 @@ class StateStore:
         it as missing.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(record.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.path(record.name))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path(record.name),
+                     json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
 
 
 # --- the plan -----------------------------------------------------------------

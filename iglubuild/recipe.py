@@ -36,6 +36,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from iglubuild.atomic import write_atomic
 from iglubuild.errors import Problem, RecipeError
 
 RECIPE_FILE = "recipe.yaml"
@@ -602,10 +603,8 @@ class _Cache:
             return
         keep = {k: v for k, v in self.entries.items() if k in used}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump((self.VERSION, keep), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, pickle.dumps((self.VERSION, keep),
+                                             protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def find_recipe_files(root: Path) -> list[Path]:

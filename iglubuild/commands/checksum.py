@@ -11,18 +11,18 @@ distfiles cache, so the next `fetch` does not download it again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import difflib
 import io
-import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from iglubuild.atomic import write_atomic
 from iglubuild.commands._common import say
 from iglubuild.errors import FetchError, RecipeError, UsageError
 from iglubuild.fetch import Downloader, FetchFailed, FetchOptions, source_name, store
@@ -201,14 +201,6 @@ def _validated(path: Path, text: str) -> Recipe:
     raise RecipeError(problems)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-
-
 # -- the command ----------------------------------------------------------------
 
 
@@ -270,5 +262,5 @@ def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
         recipe_after, after_problems = parse_recipe_text(path, new_text)
         if recipe_after is None:
             raise RecipeError(after_problems)
-        _write_atomic(path, new_text)
+        write_atomic(path, new_text, stat.S_IMODE(path.stat().st_mode))
     return problems
