@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
-from iglubuild.executor import Executor, PhaseJob
+from iglubuild.executor import PHASES, Executor, PhaseJob
 from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
@@ -42,7 +42,6 @@ from iglubuild.settings import Settings
 from iglubuild.sysroot import SysrootCache, check_untouched
 from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
 
-PHASES = ("unpack", "prepare", "build", "check", "package")
 SCRIPT_PHASES = PHASES[1:]
 TAIL_LINES = 30
 

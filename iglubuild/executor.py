@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+# The phases of one package build, in order (`--from PHASE` resumes at one).
+# Here rather than in build.py so the CLI can offer them without loading the engine.
+PHASES = ("unpack", "prepare", "build", "check", "package")
+
 
 @dataclass(frozen=True)
 class Mount:

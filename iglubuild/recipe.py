@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -32,12 +32,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import Problem, RecipeError
+
+if TYPE_CHECKING:
+    # ruamel is imported where YAML is read: a run served from the parsed-recipe
+    # cache reads none, and the CLI's start-up should not pay for the parser.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
 
 RECIPE_FILE = "recipe.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")
@@ -72,7 +75,9 @@ OptionName = Annotated[StrictStr, AfterValidator(_check_option)]
 class Source(BaseModel):
     """One source: a remote `url` with a checksum, or a `file` beside the recipe."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the validators are made on the first validation, not at import;
+    # a run served from the parsed-recipe cache only unpickles and never pays for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     url: StrictStr | None = None
     file: StrictStr | None = None
@@ -138,7 +143,7 @@ class Source(BaseModel):
 class Recipe(BaseModel):
     """A validated recipe. Field meanings are in DESIGN.md's recipe format."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: Name
     version: Annotated[StrictStr, Field(min_length=1, max_length=128)]
@@ -253,10 +258,14 @@ class RecipeTree:
 # --- YAML ------------------------------------------------------------------
 
 def _fast_yaml() -> YAML:
+    from ruamel.yaml import YAML
+
     return YAML(typ="safe", pure=False)
 
 
 def _rt_yaml() -> YAML:
+    from ruamel.yaml import YAML
+
     return YAML(typ="rt")
 
 
@@ -274,6 +283,9 @@ def locate(text: str, loc: Iterable[str | int]) -> tuple[int, int]:
     The deepest existing node is used: a missing key points at its parent
     mapping, an extra key at the key itself.
     """
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import YAMLError
+
     try:
         node = _rt_yaml().load(text)
     except YAMLError:
@@ -296,6 +308,9 @@ def locate(text: str, loc: Iterable[str | int]) -> tuple[int, int]:
 
 def locate_key(text: str, loc: tuple[str | int, ...]) -> tuple[int, int]:
     """1-based position of the key at the end of `loc` (for unknown or duplicate keys)."""
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
+
     try:
         node = _rt_yaml().load(text)
     except YAMLError:
@@ -352,6 +367,8 @@ def _decode(path: Path, data: bytes) -> tuple[str | None, Problem | None]:
 
 def _parse(path: Path, text: str) -> tuple[Any, list[Problem]]:
     """Parse with the fast loader; on error, describe it with a position."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
         data = _fast_yaml().load(text)
     except MarkedYAMLError as exc:

@@ -11,14 +11,17 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from iglubuild.build import PHASES
-from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.commands._common import load, say
 from iglubuild.errors import FetchError
-from iglubuild.graph import DepGraph
-from iglubuild.recipe import RecipeTree
+from iglubuild.executor import PHASES
 from iglubuild.settings import Settings
+
+if TYPE_CHECKING:  # world and pkg are imported at every start-up; the engine loads on use
+    from iglubuild.buildrun import BuildContext, Builder
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import RecipeTree
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +107,7 @@ def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
     """Build the closure of `names` (everything if None); return the exit code."""
+    from iglubuild.buildrun import Builder, run_build
     from iglubuild.executors import make_executor
     from iglubuild.package import write_index
     from iglubuild.target import load_target

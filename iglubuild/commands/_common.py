@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from iglubuild.graph import DepGraph
-from iglubuild.recipe import RecipeTree, load_tree
 from iglubuild.settings import Settings
+
+if TYPE_CHECKING:  # verbs are all imported at start-up; these load only when a verb runs
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import RecipeTree
 
 
 def load(settings: Settings) -> tuple[RecipeTree, DepGraph]:
     """The validated recipe tree and its graph (parsed-recipe cache in the build dir)."""
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import load_tree
     from iglubuild.target import load_target
 
     tree = load_tree(settings.recipes, cache_file=settings.build_dir / "cache" / "recipes.pickle")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from iglubuild.boot import ACCELS, FIRMWARES, boot
+from iglubuild.boot import ACCELS, FIRMWARES
 from iglubuild.errors import BuildError
 from iglubuild.settings import Settings
 
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.boot import boot
+
     image = args.image or settings.image_path
     log = settings.logs_dir / "boot.log"
     result = boot(image, log, firmware=args.firmware, timeout=args.timeout,

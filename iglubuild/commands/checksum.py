@@ -17,17 +17,19 @@ import io
 import re
 import stat
 from pathlib import Path
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from typing import TYPE_CHECKING, Any
 
 from iglubuild.atomic import write_atomic
 from iglubuild.commands._common import say
 from iglubuild.errors import FetchError, RecipeError, UsageError
-from iglubuild.fetch import Downloader, FetchFailed, FetchOptions, source_name, store
-from iglubuild.recipe import Recipe, find_recipe_files, parse_recipe_text
 from iglubuild.settings import Settings
+
+if TYPE_CHECKING:  # the CLI imports every verb at start-up: load these only when run
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    from iglubuild.fetch import Downloader
+    from iglubuild.recipe import Recipe
 
 NAME = "checksum"
 HELP = "download sources and write their sha256 into recipe.yaml (keeps comments)"
@@ -45,6 +47,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.offline:
         raise UsageError("checksum downloads the sources, so it cannot run with --offline",
                          hint="drop --offline, or add a file:// mirror holding the files")
+    from iglubuild.fetch import Downloader, FetchFailed, FetchOptions
+
     paths = _recipe_paths(settings.recipes, args.names)
     downloader = Downloader(settings, FetchOptions(parallel=1))
     problems: list[str] = []
@@ -63,6 +67,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _recipe_paths(root: Path, names: list[str]) -> list[Path]:
+    from iglubuild.recipe import find_recipe_files
+
     by_name = {p.parent.name: p for p in find_recipe_files(root)}
     out = []
     for name in names:
@@ -103,6 +109,8 @@ def _guess_indent(text: str) -> tuple[int, int, int]:
 
 
 def _yaml(text: str) -> YAML:
+    from ruamel.yaml import YAML
+
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap long descriptions
@@ -183,6 +191,8 @@ def _drop_unverified(item: CommentedMap) -> None:
 
 def _validated(path: Path, text: str) -> Recipe:
     """The recipe with URLs expanded, even if some remote sources lack a checksum yet."""
+    from iglubuild.recipe import parse_recipe_text
+
     recipe, problems = parse_recipe_text(path, text)
     if recipe is not None:
         return recipe
@@ -211,6 +221,9 @@ def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
     Returns the problems (download failures, mismatches without `update`);
     the recipe file is rewritten only if a checksum was added or replaced.
     """
+    from iglubuild.fetch import source_name, store
+    from iglubuild.recipe import parse_recipe_text
+
     text = path.read_text(encoding="utf-8")
     recipe = _validated(path, text)
     yaml = _yaml(text)

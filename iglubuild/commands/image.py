@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iglubuild.image import DEFAULT_IMAGE_SET, MIB, build_image, parse_size
+from iglubuild.image import DEFAULT_IMAGE_SET, MIB
 from iglubuild.settings import Settings
 
 NAME = "image"
@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.image import build_image, parse_size
+
     size = parse_size(args.size) if args.size else None
     result, closure = build_image(settings, packages=args.packages, kernel=args.kernel,
                                   size=size, output=args.output)

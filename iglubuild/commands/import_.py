@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iglubuild.importer import convert, local_places, write_recipe
 from iglubuild.settings import Settings
 
 NAME = "import"
@@ -21,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.importer import convert, local_places, write_recipe
+
     path: Path = args.build_sh
     if path.is_dir():
         path = path / "build.sh"

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from iglubuild.commands._common import load, say
 from iglubuild.errors import RecipeError
-from iglubuild.graph import DepGraph
-from iglubuild.recipe import RECIPE_FILE, load_recipe
 from iglubuild.settings import Settings
 
 NAME = "lint"
@@ -21,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import RECIPE_FILE, load_recipe
+
     if args.paths:
         problems = []
         for raw in args.paths:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from iglubuild.scaffold import scaffold, write_new
 from iglubuild.settings import Settings
 
 NAME = "new"
@@ -21,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.scaffold import scaffold, write_new
+
     out_dir = settings.recipes / args.repo / args.name
     if (out_dir / "recipe.yaml").exists() and not args.force:
         # Checked before downloading, so a typo costs no download.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from iglubuild.recipe import Recipe
 from iglubuild.settings import Settings
 
 NAME = "schema"
@@ -17,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.recipe import Recipe
+
     schema = Recipe.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "iglubuild recipe"
