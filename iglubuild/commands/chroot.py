@@ -14,7 +14,6 @@ import re
 import sys
 from pathlib import Path
 
-from iglubuild.chroot import ChrootExecutor
 from iglubuild.errors import UsageError
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
@@ -55,6 +54,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if not sys.stdin.isatty():
         raise UsageError("iglubuild chroot needs a terminal on standard input",
                          hint="run it from an interactive shell")
+    from iglubuild.chroot import ChrootExecutor
+
     executor = ChrootExecutor.from_settings(settings, args.manifest)
     cwd = Path("/root")
     env = base_env({"TERM": os.environ.get("TERM", "xterm")})

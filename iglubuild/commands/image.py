@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iglubuild.image import DEFAULT_IMAGE_SET, MIB
 from iglubuild.settings import Settings
 
 NAME = "image"
 HELP = "pack the built packages into a bootable disk image (iglunix.img)"
+# iglubuild.image.DEFAULT_IMAGE_SET (a test keeps them equal), for --help without
+# loading the image stage at every start-up.
+DEFAULT_IMAGE_SET = ("iglunix-base",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild.image import build_image, parse_size
+    from iglubuild.image import MIB, build_image, parse_size
 
     size = parse_size(args.size) if args.size else None
     result, closure = build_image(settings, packages=args.packages, kernel=args.kernel,

@@ -11,20 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from iglubuild.commands._common import load
-from iglubuild.plan import Plan, StateStore, Status, make_plan
 from iglubuild.settings import Settings
+
+if TYPE_CHECKING:
+    from iglubuild.plan import Plan, StateStore
 
 NAME = "status"
 HELP = "show which packages are built, outdated (and why), failed or never built"
 
+# By plan.Status value (a StrEnum, so its members find these keys); plain strings
+# keep iglubuild.plan out of every command's start-up.
 LABELS = {
-    Status.UP_TO_DATE: "built",
-    Status.OUTDATED: "outdated",
-    Status.NEVER_BUILT: "never built",
-    Status.FAILED: "failed",
-    Status.FORCED: "forced",
+    "up-to-date": "built",
+    "outdated": "outdated",
+    "never-built": "never built",
+    "failed": "failed",
+    "forced": "forced",
 }
 
 
@@ -51,6 +56,8 @@ def current_toolchain_id(settings: Settings, state: StateStore) -> tuple[str, bo
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild.plan import StateStore, make_plan
+
     tree, graph = load(settings)
     state = StateStore(settings.build_dir)
     toolchain, is_current = current_toolchain_id(settings, state)

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from iglubuild import buildroot
 from iglubuild.errors import UsageError
 from iglubuild.settings import Settings
 from iglubuild.settings import add_arguments as add_global_arguments
+
+if TYPE_CHECKING:  # the build-root stage loads when an action runs, not at start-up
+    from iglubuild import buildroot
 
 NAME = "toolchain"
 HELP = "build, inspect or export the build root (toolchain)"
@@ -31,6 +34,8 @@ class Action:
 
 
 def _manifest(settings: Settings, args: argparse.Namespace) -> buildroot.Manifest:
+    from iglubuild import buildroot
+
     return buildroot.load_manifest(buildroot.manifest_path(settings, args.manifest))
 
 
@@ -44,6 +49,8 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild import buildroot
+
     manifest = _manifest(settings, args)
     logs = settings.logs_dir
     logs.mkdir(parents=True, exist_ok=True)
@@ -61,6 +68,8 @@ def _build(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild import buildroot
+
     manifest = _manifest(settings, args)
     roots = buildroot.list_roots(settings.build_dir)
     if not roots:
@@ -85,6 +94,8 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild import buildroot
+
     root = buildroot.current_root(settings, args.manifest)
     dest = buildroot.export(root, args.file)
     print(f"build root {root.id} written to {dest}")
@@ -92,6 +103,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _path(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild import buildroot
+
     root = buildroot.current_root(settings, args.manifest)
     print(root.path)
     return 0
