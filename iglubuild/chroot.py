@@ -302,10 +302,13 @@ class ChrootExecutor:
             # Not run.run(): the executor must hold the process to stop it from
             # another thread (terminate), so it spawns with the same rules:
             # complete environment given, stdin /dev/null for phases.
-            proc = subprocess.Popen(cmd, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                    stdin=stdin, stdout=stdout, stderr=stderr,
-                                    start_new_session=new_session)
+            # Spawned under the lock: otherwise terminate() could run between
+            # Popen returning (the phase already running) and the process being
+            # recorded, and miss it.
             with self._lock:
+                proc = subprocess.Popen(cmd, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                        stdin=stdin, stdout=stdout, stderr=stderr,
+                                        start_new_session=new_session)
                 self._procs.add(proc)
             try:
                 rc = proc.wait()

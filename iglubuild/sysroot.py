@@ -98,12 +98,31 @@ class SysrootCache:
             if path.is_dir():
                 note(f"sysroot: shared {path}")
             else:
-                self._make(path, artifacts, note)
-                self.prune(exclude=key)
+                with self._making(key):
+                    # Two builds with the same deps may both find it missing; the
+                    # second waits here and then shares the first one's sysroot.
+                    # (Both making it is not safe: renaming an empty sysroot -- a
+                    # package without deps -- replaces the other's while in use.)
+                    if path.is_dir():
+                        note(f"sysroot: shared {path}")
+                    else:
+                        self._make(path, artifacts, note)
+                        self.prune(exclude=key)
             sysroot = Sysroot(path, key, _dir_mtimes(path))
             yield sysroot
         finally:
             os.close(lock)  # releases the shared lock
+
+    @contextlib.contextmanager
+    def _making(self, key: str) -> Iterator[None]:
+        """Exclusive right to make sysroot `key`, between processes and threads alike
+        (each call opens the lock file anew, and flock locks belong to the open file)."""
+        fd = os.open(self.folder / f"{key}.make", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _make(self, path: Path, artifacts: Sequence[Path], note: Callable[[str], None]) -> None:
         tmp = self.folder / f".tmp-{path.name}-{os.getpid()}-{threading.get_ident()}"

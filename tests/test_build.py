@@ -297,7 +297,9 @@ def test_terminate_stops_a_running_build(env: Env) -> None:
         time.sleep(0.02)
     env.executor.terminate()
     t.join(60)
-    assert not t.is_alive()
+    # Known race (iglubuild/executors/host.py): run_phase records the process only
+    # after Popen returns, so a terminate() landing in between misses it.
+    assert not t.is_alive(), "build still running 60 s after terminate()"
     assert len(errors) == 1 and isinstance(errors[0], PhaseFailed)
     assert "killed by SIGTERM" in errors[0].message and paths.work.is_dir()
 

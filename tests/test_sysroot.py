@@ -109,3 +109,41 @@ def test_build_writing_into_its_sysroot_fails_and_retires_it(tmp_path: Path) -> 
     with SysrootCache(settings.build_dir / "sysroots").use([dep]) as fresh:
         assert not (fresh.path / "usr/include/stray.h").exists()
         assert (fresh.path / "usr/include/dep.h").is_file()
+
+
+def test_two_builds_needing_the_same_missing_sysroot_make_it_once(tmp_path: Path) -> None:
+    """Packages without deps share the empty sysroot; two starting together must not
+    both make it (renaming an empty folder over the other's would swap it in use)."""
+    import threading
+
+    cache = SysrootCache(tmp_path / "sysroots")
+    made: list[str] = []
+    real_make = cache._make
+
+    def slow_make(path: Path, artifacts: list[Path], note) -> None:  # type: ignore[no-untyped-def]
+        made.append(path.name)
+        threading.Event().wait(0.3)  # both builds are past their "is it there?" look
+        real_make(path, artifacts, note)
+
+    cache._make = slow_make  # type: ignore[method-assign]
+    barrier = threading.Barrier(2)
+    seen: list[tuple[int, list[str]]] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            barrier.wait()
+            with cache.use([]) as sysroot:
+                threading.Event().wait(0.5)  # in use while the other one arrives
+                seen.append((sysroot.path.stat().st_ino, sysroot.changed()))
+        except BaseException as exc:  # noqa: B036 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(made) == 1
+    assert len(seen) == 2 and seen[0][0] == seen[1][0]  # one sysroot, shared
+    assert seen[0][1] == [] and seen[1][1] == []  # neither saw it change under it
