@@ -25,7 +25,7 @@ from iglubuild.cli import main
 from iglubuild.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from farm_support import DOCKER_DIR, buildroot_tarball, start_dockerd, write_program  # noqa: E402
+from farm_support import DOCKER_DIR, start_dockerd, write_program  # noqa: E402
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -60,47 +60,8 @@ def _free_port_block(count: int) -> int:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def docker_engine():
-    """Our own dockerd for the whole session, stopped by its PID at the end."""
-    import docker
-
-    daemon = start_dockerd()
-    # A data root kept from an earlier session may still hold a swarm (and its
-    # service); start every session from no swarm at all.
-    client = docker.DockerClient(base_url=daemon.host)
-    if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
-        client.swarm.leave(force=True)
-    old = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = daemon.host
-    try:
-        yield daemon
-    finally:
-        try:
-            if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
-                client.swarm.leave(force=True)
-        except Exception:
-            pass
-        daemon.stop()
-        if old is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = old
-
-
-@pytest.fixture(scope="session")
-def root_tarball(tmp_path_factory) -> Path:
-    """The build root as a tarball (IGLUBUILD_TEST_BUILDROOT, else debootstrap once)."""
-    return buildroot_tarball(tmp_path_factory.mktemp("buildroot"))
-
-
-@pytest.fixture(scope="session")
-def toolchain_image(docker_engine, root_tarball):
-    from iglubuild.toolchain_image import create_image
-
-    return create_image(root_tarball)
+# docker_engine, root_tarball and toolchain_image are session fixtures in
+# tests/conftest.py, shared with the docker executor's tests.
 
 
 @pytest.fixture(scope="module")

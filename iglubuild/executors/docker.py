@@ -13,8 +13,9 @@ docker Python SDK; the docker CLI is never run):
   sysroot (read-only) and the phase's cwd are bind-mounted at their host
   paths, so the engine must run on this machine (DOCKER_HOST may name another
   socket, not another host);
-- the command is ``/bin/sh -e -c SCRIPT`` under Docker's init (tini), which
-  reaps orphans and passes SIGTERM on; the environment is exactly the job's
+- the command is ``/bin/sh -e -c SCRIPT`` (stderr joined to stdout, so the
+  log keeps the order of lines) under Docker's init (tini), which reaps
+  orphans and passes SIGTERM on; the environment is exactly the job's
   (variables Docker adds itself, HOSTNAME and HOME, are removed again);
 - builds have no network: network mode ``none`` (only a loopback), or
   ``host`` when the job asks for the network (compiles sent to the distcc
@@ -199,11 +200,18 @@ class DockerExecutor:
         return sorted(mounts, key=lambda m: len(m.target.parts))
 
     def _argv(self, job: PhaseJob) -> list[str]:
-        """`env -u` what the engine added, then `sh -e -c SCRIPT`: the env is exactly job.env."""
+        """`env -u` what the engine added, then `sh -e -c SCRIPT` with stderr on stdout.
+
+        The environment is then exactly job.env. Docker keeps stdout and
+        stderr apart, and lines of the two would reach the log out of order;
+        one pipe for both keeps them as the phase wrote them, as on the host.
+        """
         added = {line.split("=", 1)[0] for line in self._image_env or []}
         added.update(_ENGINE_ADDED)
+        added.add("PWD")  # exported by the shell that joins the two streams
         unset = [arg for name in sorted(added - set(job.env)) for arg in ("-u", name)]
-        return [ENV_TOOL, *unset, SHELL, "-e", "-c", job.script]
+        return [SHELL, "-c", 'exec 2>&1; exec "$@"', "sh",
+                ENV_TOOL, *unset, SHELL, "-e", "-c", job.script]
 
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
         """Run one phase in a new container; its output goes to `log_file` as it comes."""
