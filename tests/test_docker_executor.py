@@ -199,6 +199,49 @@ def test_image_is_not_changed_by_a_phase(executor: DockerExecutor, tmp_path: Pat
     assert "exec-tmp" in out
 
 
+MAKEFILE = """\
+all: a b c
+a b c:
+\t@date +%s.%N > $@.start; sleep 1; date +%s.%N > $@.end
+"""
+
+
+def _overlap(work: Path) -> float:
+    """Seconds the three jobs ran at the same time as another (0 when serial)."""
+    spans = [(float((work / f"{t}.start").read_text()), float((work / f"{t}.end").read_text()))
+             for t in "abc"]
+    return sum(max(0.0, min(e1, e2) - max(s1, s2))
+               for i, (s1, e1) in enumerate(spans) for (s2, e2) in spans[i + 1:])
+
+
+def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
+                                                       tmp_path: Path) -> None:
+    from iglubuild.jobserver import Jobserver
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Makefile").write_text(MAKEFILE)
+    with Jobserver(3) as js:
+        executor.pass_fds = js.pass_fds
+        job = PhaseJob("t", "build", "make", work, base_env(js.env()), writable=(work,))
+        # The host holds every token: make in the container has only its
+        # implicit slot and runs the three jobs one after another.
+        for _ in range(3):
+            assert js.acquire(timeout=1)
+        rc, out = _run(executor, job, tmp_path)
+        assert rc == 0, out
+        assert "jobserver unavailable" not in out
+        assert _overlap(work) < 0.2
+        # Two tokens back: all three run at once, and give the tokens back.
+        js.release()
+        js.release()
+        rc, out = _run(executor, job, tmp_path)
+        assert rc == 0, out
+        assert _overlap(work) > 1.5
+        assert js.available() == 2
+        executor.pass_fds = ()
+
+
 def test_no_network_unless_the_job_asks(executor: DockerExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

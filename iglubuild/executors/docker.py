@@ -29,19 +29,22 @@ docker Python SDK; the docker CLI is never run):
   every container this executor started, and containers left behind by an
   iglubuild that was killed outright are removed by the next one.
 
-What a container cannot do: inherit the run's make jobserver (descriptors do
-not cross into a container), so make in a phase falls back to -j1 when
-MAKEFLAGS names a jobserver, as in the chroot executor; and a phase killed by
-a signal N shows as exit status 128+N (Docker reports no more), except when
-this executor sent the signal itself.
+Descriptors do not cross into a container, so the run's make jobserver is
+reached by path: it is a named FIFO (iglubuild.jobserver), bind-mounted into
+the container and opened again at the descriptor numbers MAKEFLAGS names, so
+make in a phase shares the run's tokens as on the host. What a container
+cannot tell: a phase killed by a signal N shows as exit status 128+N (Docker
+reports no more), except when this executor sent the signal itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("iglubuild.executors.docker")
 
 SHELL = "/bin/sh"
+BASH = "/bin/bash"
 ENV_TOOL = "/usr/bin/env"
 TERM_GRACE_SECONDS = 3.0
 # Same host name as the chroot executor: nothing a build embeds depends on
@@ -120,6 +124,10 @@ class DockerExecutor:
         self._generation = 0  # bumped by terminate(): phases created before it do not start
         self._image_env: list[str] | None = None
         self._reaped = False
+        # The run's make jobserver descriptors (set by the build engine, as for
+        # the host executor). They cannot be inherited by a container, but the
+        # jobserver is a named FIFO: each phase opens it again at these numbers.
+        self.pass_fds: tuple[int, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings, manifest: Path | None = None) -> DockerExecutor:
@@ -197,7 +205,26 @@ class DockerExecutor:
         mounts += [Mount("bind", p, source=p) for p in writable]
         mounts += [Mount("bind", p, source=p, readonly=True) for p in job.readonly]
         mounts += list(job.extra_mounts)
+        fifo = self._jobserver_fifo()
+        if fifo is not None:
+            mounts.append(Mount("bind", fifo, source=fifo))
         return sorted(mounts, key=lambda m: len(m.target.parts))
+
+    def _jobserver_fifo(self) -> Path | None:
+        """The named FIFO all of `pass_fds` are open on, if they are (the run's jobserver)."""
+        paths = set()
+        for fd in self.pass_fds:
+            try:
+                paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                return None
+        if len(paths) != 1:
+            return None
+        path = Path(paths.pop())
+        try:
+            return path if path.is_absolute() and stat.S_ISFIFO(path.stat().st_mode) else None
+        except OSError:
+            return None
 
     def _argv(self, job: PhaseJob) -> list[str]:
         """`env -u` what the engine added, then `sh -e -c SCRIPT` with stderr on stdout.
@@ -205,12 +232,22 @@ class DockerExecutor:
         The environment is then exactly job.env. Docker keeps stdout and
         stderr apart, and lines of the two would reach the log out of order;
         one pipe for both keeps them as the phase wrote them, as on the host.
+        The same small shell opens the jobserver's FIFO at the descriptor
+        numbers MAKEFLAGS names, so make in the container shares the run's
+        tokens (dash takes single-digit descriptors only; bash, essential in
+        Debian, any).
         """
         added = {line.split("=", 1)[0] for line in self._image_env or []}
         added.update(_ENGINE_ADDED)
         added.add("PWD")  # exported by the shell that joins the two streams
         unset = [arg for name in sorted(added - set(job.env)) for arg in ("-u", name)]
-        return [SHELL, "-c", 'exec 2>&1; exec "$@"', "sh",
+        shell, opens = SHELL, ""
+        fifo = self._jobserver_fifo()
+        if fifo is not None:
+            opens = "".join(f" {fd}<>{shlex.quote(str(fifo))}" for fd in self.pass_fds)
+            if any(fd > 9 for fd in self.pass_fds):
+                shell = BASH
+        return [shell, "-c", f'exec 2>&1{opens}; exec "$@"', "sh",
                 ENV_TOOL, *unset, SHELL, "-e", "-c", job.script]
 
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
