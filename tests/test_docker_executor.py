@@ -545,4 +545,4 @@ def test_ctrl_c_leaves_no_container_running(cli_build) -> None:  # type: ignore[
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert _containers() == []
+    assert _containers() == [], err

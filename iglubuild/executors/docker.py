@@ -284,9 +284,9 @@ class DockerExecutor:
                 tty=False,
                 **network,
             )
-        except docker.errors.APIError as exc:
+        except docker.errors.DockerException as exc:
             raise BuildError(f"{job.package} {job.phase}: cannot create a container: "
-                             f"{exc.explanation or exc}",
+                             f"{getattr(exc, 'explanation', None) or exc}",
                              hint="see the Docker engine's log") from exc
         with self._lock:
             self._running[container.id] = container
@@ -296,12 +296,24 @@ class DockerExecutor:
                 return -signal.SIGTERM
             log_file.flush()
             container.start()
+            with self._lock:
+                late = generation != self._generation
+                if late:
+                    self._signalled[container.id] = signal.SIGKILL
+            if late:
+                # terminate() came while the container was starting and found
+                # nothing running to stop.
+                _kill(container, signal.SIGKILL)
             for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
                 log_file.write(chunk)
                 log_file.flush()
             status = container.wait()
             code = int(status.get("StatusCode", -1))
             return self._exit_status(container, code)
+        except _engine_errors() as exc:
+            _kill(container, signal.SIGKILL)
+            raise BuildError(f"{job.package} {job.phase}: the Docker engine failed: {exc}",
+                             hint="see the Docker engine's log; the phase was stopped") from exc
         except BaseException:
             # An exception in this thread (an engine error, KeyboardInterrupt)
             # must not leave the phase running.
@@ -360,13 +372,28 @@ class DockerExecutor:
             return
         self._reaped = True
         host = socket.gethostname()
-        for c in self.client.containers.list(all=True,
-                                             filters={"label": f"{LABEL_EXECUTOR}={self.name}"}):
+        try:
+            ours = self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_EXECUTOR}={self.name}"})
+        except _engine_errors() as exc:
+            log.warning("could not list old containers: %s", exc)
+            return
+        for c in ours:
             owner_host, _, pid = c.labels.get(LABEL_OWNER, "").rpartition(":")
             if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
                 log.info("removing container %s left by iglubuild %s (%s %s)", c.short_id, pid,
                          c.labels.get(LABEL_PACKAGE), c.labels.get(LABEL_PHASE))
                 _remove(c)
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """What talking to the engine may raise (the SDK's own, and requests'/urllib3's)."""
+    import docker.errors
+    import requests.exceptions
+    import urllib3.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError)
 
 
 def _pid_alive(pid: int) -> bool:
