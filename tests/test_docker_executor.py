@@ -293,6 +293,27 @@ def test_terminate_kills_a_running_phase_and_its_container(executor: DockerExecu
     assert _run(executor, _job(work, "true"), tmp_path)[0] == 0
 
 
+def test_a_phase_ignoring_sigterm_is_killed_after_the_grace(executor: DockerExecutor,
+                                                            tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(
+        _run(executor, _job(work, "trap '' TERM; touch started; sleep 600"), tmp_path)[0]))
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (work / "started").exists():
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.02)
+    start = time.monotonic()
+    executor.terminate()
+    t.join(15)
+    took = time.monotonic() - start
+    assert not t.is_alive() and 2.5 < took < 8, took
+    assert result == [-signal.SIGKILL]
+    assert _containers(**{LABEL_OWNER: executor.owner}) == []
+
+
 def test_phases_carry_labels(executor: DockerExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -406,6 +427,49 @@ def test_same_toolchain_id_as_the_chroot_executor(toolchain_image, tmp_path: Pat
         assert ChrootExecutor.from_settings(settings).toolchain_id() == ident
     finally:
         _untag(ident, toolchain_image)
+
+
+def test_machine_with_only_the_loaded_image_finds_it_by_manifest(
+        toolchain_image, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """No build root here, but an image made from this manifest elsewhere (--load)."""
+    import docker
+
+    from iglubuild.farm import LABEL_TOOLCHAIN
+    from iglubuild.toolchain_image import LABEL_MANIFEST
+
+    monkeypatch.chdir(REPO_ROOT)
+    settings = Settings(build_dir=tmp_path / "build", executor="docker", project_root=REPO_ROOT)
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "one", 'name: one\nversion: "1"\nbuild: "true"\n')
+    # Neither a build root nor an image for this manifest: one line, exit 1.
+    code = main(["--recipes", str(recipes), "--build-dir", str(settings.build_dir),
+                 "--executor", "docker", "pkg", "one"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: no build root for ") and "no toolchain image made from it" in err
+    assert "hint: run `iglubuild toolchain build` then `iglubuild toolchain image`" in err
+
+    digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+    client = docker.from_env()
+    # What `toolchain image` labels an image made from the build root with:
+    # its manifest's digest beside the toolchain id.
+    box = client.containers.create(toolchain_image.ref, ["true"])
+    try:
+        box.commit("iglubuild-toolchain", "10ad000000000000",
+                   changes=[f"LABEL {LABEL_MANIFEST}={digest}",
+                            f"LABEL {LABEL_TOOLCHAIN}=10ad000000000000"])
+    finally:
+        box.remove()
+    try:
+        ex = DockerExecutor.from_settings(settings)
+        assert (ex.image, ex.toolchain_id()) == ("iglubuild-toolchain:10ad000000000000",
+                                                 "10ad000000000000")
+        ex.check()
+        work = tmp_path / "work"
+        work.mkdir()
+        assert _run(ex, _job(work, "test -x /usr/bin/clang"), tmp_path)[0] == 0
+    finally:
+        client.images.remove("iglubuild-toolchain:10ad000000000000")
 
 
 def test_missing_image_is_one_line_with_hint(docker_engine, tmp_path: Path, capsys,

@@ -89,16 +89,13 @@ def owner_label() -> str:
 
 
 def docker_mounts(mounts: Iterable[Mount]) -> list[Any]:
-    """`Mount` data as Engine API mounts (binds at their host paths, tmpfs)."""
+    """Bind `Mount`s as Engine API mounts (tmpfs ones go in `tmpfs=`, which takes options)."""
     import docker.types
 
     out = []
     for m in mounts:
         if m.kind == "bind" and m.source is not None:
             out.append(docker.types.Mount(str(m.target), str(m.source), type="bind",
-                                          read_only=m.readonly))
-        elif m.kind == "tmpfs":
-            out.append(docker.types.Mount(str(m.target), None, type="tmpfs",
                                           read_only=m.readonly))
         else:
             raise BuildError(f"the docker executor cannot make the mount {m.describe()}",
@@ -134,13 +131,45 @@ class DockerExecutor:
         """The executor for the build root matching the project's manifest.
 
         The toolchain id (and so the image tag) is the build root's, exactly
-        as the chroot executor reports it; a one-line error names
-        `iglubuild toolchain build` when there is no build root.
+        as the chroot executor reports it. A machine without that build root
+        (it loaded the image made elsewhere) uses the newest image labelled
+        with the manifest's digest, and that image's toolchain id; with
+        neither, a one-line error says how to make them.
         """
         from iglubuild import buildroot
 
-        root = buildroot.current_root(settings, manifest)
-        return cls(image_ref(root.id), root.id, debug=settings.debug)
+        m = buildroot.load_manifest(buildroot.manifest_path(settings, manifest))
+        root = buildroot.find_root(settings.build_dir, m)
+        if root is not None:
+            return cls(image_ref(root.id), root.id, debug=settings.debug)
+        ex = cls("", "", debug=settings.debug)
+        found = ex.image_for_manifest(m.digest)
+        if found is None:
+            raise BuildError(
+                f"no build root for {m.path} in {buildroot.toolchain_dir(settings.build_dir)} "
+                "and no toolchain image made from it in the Docker engine",
+                hint="run `iglubuild toolchain build` then `iglubuild toolchain image` "
+                     "(or `iglubuild toolchain image --load FILE` with an image made elsewhere)")
+        ex.image, ex._toolchain_id = found
+        return ex
+
+    def image_for_manifest(self, digest: str) -> tuple[str, str] | None:
+        """(reference, toolchain id) of the newest image made from the manifest `digest`."""
+        from iglubuild.farm import LABEL_TOOLCHAIN
+        from iglubuild.toolchain_image import LABEL_MANIFEST
+
+        try:
+            images = self.client.images.list(filters={"label": f"{LABEL_MANIFEST}={digest}"})
+        except _engine_errors() as exc:
+            raise ToolMissingError(f"the docker executor cannot list images: {exc}",
+                                   hint="check that dockerd runs and answers") from exc
+        images = [i for i in images if i.labels.get(LABEL_TOOLCHAIN) and i.tags]
+        if not images:
+            return None
+        newest = max(images, key=lambda i: i.attrs.get("Created", ""))
+        tid = newest.labels[LABEL_TOOLCHAIN]
+        ref = image_ref(tid) if image_ref(tid) in newest.tags else newest.tags[0]
+        return ref, tid
 
     def describe(self) -> str:
         return (f"docker: image {self.image}; one container per phase, "
