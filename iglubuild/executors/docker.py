@@ -326,12 +326,12 @@ class DockerExecutor:
             log_file.flush()
             container.start()
             with self._lock:
-                late = generation != self._generation
+                # terminate() came while the container was being started and
+                # found nothing running to signal: stop it here.
+                late = generation != self._generation and container.id not in self._signalled
                 if late:
                     self._signalled[container.id] = signal.SIGKILL
             if late:
-                # terminate() came while the container was starting and found
-                # nothing running to stop.
                 _kill(container, signal.SIGKILL)
             for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
                 log_file.write(chunk)
@@ -381,7 +381,11 @@ class DockerExecutor:
             for c in containers:
                 self._signalled[c.id] = signal.SIGTERM
         for c in containers:
-            _kill(c, signal.SIGTERM)
+            if not _kill(c, signal.SIGTERM):
+                # Not started yet: the phase's own thread stops it once it is.
+                with self._lock:
+                    if self._signalled.get(c.id) == signal.SIGTERM:
+                        del self._signalled[c.id]
         deadline = time.monotonic() + TERM_GRACE_SECONDS
         for c in containers:
             while time.monotonic() < deadline and _is_running(c):
@@ -443,11 +447,13 @@ def _is_running(container: Any) -> bool:
     return bool(container.attrs.get("State", {}).get("Running"))
 
 
-def _kill(container: Any, sig: int) -> None:
+def _kill(container: Any, sig: int) -> bool:
+    """Signal the container's init; False if it was not running (or is gone)."""
     try:
         container.kill(signal=int(sig))
-    except Exception:  # noqa: BLE001 - already stopped or removed: nothing to kill
-        pass
+    except Exception:  # noqa: BLE001 - not started, already stopped or removed
+        return False
+    return True
 
 
 def _remove(container: Any) -> None:
