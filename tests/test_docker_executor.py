@@ -472,6 +472,37 @@ def test_machine_with_only_the_loaded_image_finds_it_by_manifest(
         client.images.remove("iglubuild-toolchain:10ad000000000000")
 
 
+def test_toolchain_image_from_the_build_root_serves_a_machine_without_it(
+        toolchain_image, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`iglubuild toolchain image` tags the image with the build root's id and labels
+    it with the manifest; `--executor docker` elsewhere finds it by that label."""
+    import docker
+
+    from iglubuild.toolchain_image import LABEL_MANIFEST
+
+    given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
+    record = Path(given).with_name(Path(given).name + ".json") if given else None
+    if not (record and record.is_file()):
+        pytest.skip("needs IGLUBUILD_TEST_BUILDROOT made by `iglubuild toolchain build`")
+    monkeypatch.chdir(REPO_ROOT)
+    build = tmp_path / "build"
+    ident = _project_build_dir(build, toolchain_image)
+    client = docker.from_env()
+    client.images.remove(image_ref(ident))  # made below by the command itself
+    try:
+        assert main(["--build-dir", str(build), "toolchain", "image"]) == 0
+        assert f"iglubuild-toolchain:{ident} (" in capsys.readouterr().out
+        (build / "toolchain" / f"{ident}.tar").unlink()  # the export, 700 MB
+        image = client.images.get(image_ref(ident))
+        digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+        assert image.labels[LABEL_MANIFEST] == digest
+        other = Settings(build_dir=tmp_path / "elsewhere", project_root=REPO_ROOT)
+        ex = DockerExecutor.from_settings(other)
+        assert (ex.image, ex.toolchain_id()) == (image_ref(ident), ident)
+    finally:
+        _untag(ident, toolchain_image)
+
+
 def test_missing_image_is_one_line_with_hint(docker_engine, tmp_path: Path, capsys,
                                              monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(REPO_ROOT)
