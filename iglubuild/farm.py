@@ -718,6 +718,7 @@ def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
 _LOG_LINE = re.compile(r"^distcc\[(\d+)\] (.*)$")
 _COMPILE_FROM = re.compile(r"^compile from .* to .*$")
 _COMPILED_ON = re.compile(r"^compile .* on (\S+) completed ok$")
+_COMPILE_FAILED = re.compile(r"^ERROR: compile .* on \S+ failed")
 _EXIT = re.compile(r"^\(dcc_exit\) ")
 
 
@@ -734,7 +735,9 @@ class CompileTally:
     remote: int = 0
     local: int = 0
     hosts: dict[str, int] = field(default_factory=dict)  # volunteer address:port -> compiles
-    warnings: list[str] = field(default_factory=list)  # distcc's own warnings, first few
+    # distcc's complaints about distributing (not about code that does not
+    # compile, such as configure probes), first few
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def compiles(self) -> int:
@@ -769,6 +772,10 @@ def tally_compiles(log_path: Path) -> CompileTally:
     """
     tally = CompileTally()
     open_: set[str] = set()  # pids with a distributable compile not yet placed
+    # pids whose compile failed on the volunteer: the code is bad (configure
+    # probes are meant to fail), and distcc's retry-locally warnings say nothing
+    # about the farm
+    bad_code: set[str] = set()
     try:
         f = log_path.open(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -793,10 +800,15 @@ def tally_compiles(log_path: Path) -> CompileTally:
                     key = host.split("/", 1)[0]
                     tally.remote += 1
                     tally.hosts[key] = tally.hosts.get(key, 0) + 1
-            elif _EXIT.match(text) and pid in open_:
-                open_.discard(pid)
-                tally.local += 1  # failed everywhere: it was last tried here
-            elif text.startswith(("Warning:", "ERROR:")) and len(tally.warnings) < MAX_WARNINGS:
+            elif _EXIT.match(text):
+                bad_code.discard(pid)
+                if pid in open_:
+                    open_.discard(pid)
+                    tally.local += 1  # failed everywhere: it was last tried here
+            elif _COMPILE_FAILED.match(text):
+                bad_code.add(pid)
+            elif (text.startswith(("Warning:", "ERROR:", "(dcc_build_somewhere) Warning:"))
+                  and pid not in bad_code and len(tally.warnings) < MAX_WARNINGS):
                 tally.warnings.append(text)
     tally.local += len(open_)  # killed mid-compile
     return tally
