@@ -221,14 +221,16 @@ def build_package(
                 srcdir = _unpack(lr, settings, paths,
                                  prepare_source or default_prepare_source(), log)
                 env["srcdir"] = str(srcdir)
-                for phase in SCRIPT_PHASES:
-                    # Progress hears only of phases that have something to run.
-                    current = step(phase) if recipe.phases[phase] else phase
-                    _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                try:
+                    for phase in SCRIPT_PHASES:
+                        # Progress hears only of phases that have something to run.
+                        current = step(phase) if recipe.phases[phase] else phase
+                        _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                finally:
+                    if farmed:  # a failed build's log needs distcc's warnings most
+                        _report_compiles(recipe.name, paths, log, on_compiles)
                 current = "sysroot check"
                 check_untouched(sysroot, cache, recipe.name)
-            if farmed:
-                _report_compiles(recipe.name, paths, log, on_compiles)
             current = "glibc check"
             _check_no_glibc(recipe.name, paths, log)
             current = step("pack")

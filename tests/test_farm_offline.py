@@ -272,3 +272,39 @@ def test_farm_flag_without_farm_builds_locally(tmp_path, monkeypatch, cli):
     (artifact,) = (build / "packages" / "x86_64").glob("hello-1-r1.*.tar.zst")
     install_artifact(artifact, root)
     assert (root / "share/distcc.env").read_text() == ""
+
+
+@needs_distccd
+def test_failed_farm_build_keeps_distccs_warnings_in_its_log(tmp_path):
+    """A volunteer nobody answers at: the compile runs here, the build then fails,
+    and the package log says both."""
+    from iglubuild.build import PhaseFailed, build_package
+    from iglubuild.executors.host import HostExecutor
+    from iglubuild.recipe import load_tree
+    from iglubuild.settings import Settings
+    from tests.engine_support import write_recipe
+
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "doomed", """
+        name: doomed
+        version: "1"
+        build: |
+          printf 'int f(void) { return 1; }\\n' > f.c
+          $CC -c f.c -o f.o
+          test -f f.o
+          exit 7
+        """)
+    settings = Settings(recipes=recipes, build_dir=tmp_path / "build", jobs=1)
+    dead = farm.Volunteer("t1", 1, "n1", "127.0.0.1", _free_port(), "running", slots=1)
+    launcher, extra = farm.phase_additions(
+        farm.FarmHosts([dead], jobs=2, local_identity="x"), distcc_dir=tmp_path / "distcc")
+    seen = {}
+    with pytest.raises(PhaseFailed) as failed:
+        build_package(load_tree(recipes).recipes["doomed"], settings, HostExecutor(), [],
+                      "sig", launcher=launcher, extra_env=extra,
+                      on_compiles=lambda n, t: seen.__setitem__(n, t))
+    assert failed.value.phase == "build"
+    assert (seen["doomed"].remote, seen["doomed"].local) == (0, 1)
+    log = failed.value.log_path.read_text()
+    assert "distcc: Warning: failed to distribute f.c to 127.0.0.1:" in log
+    assert "farm: 0 of 1 compiles remote on 0 volunteers, 1 local" in log
