@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
 from iglubuild.recipe import LoadedRecipe, RecipeTree
-from iglubuild.run import DEFAULT_PATH, CommandError, base_env, describe_returncode, run
+from iglubuild.run import DEFAULT_PATH, base_env, describe_returncode
 from iglubuild.settings import Settings
 from iglubuild.sysroot import SysrootCache, check_untouched
 from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
@@ -401,63 +400,10 @@ def _write_iglunix_shims(bindir: Path) -> None:
 
 
 def default_prepare_source() -> PrepareSource:
-    """The fetch stage's `iglubuild.unpack.prepare_source` when present, else ours.
+    """The fetch stage's unpacker: (recipe, settings, workdir) -> srcdir under workdir/src."""
+    from iglubuild.unpack import prepare_source
 
-    Both have the same contract: (recipe, settings, workdir) -> srcdir, with
-    the tree under workdir/src. The local one below is the stand-in used
-    until the fetch stage's unpacker is merged.
-    """
-    try:
-        from iglubuild.unpack import prepare_source  # type: ignore[import-not-found]
-    except ImportError:
-        return local_prepare_source
-    return prepare_source  # type: ignore[no-any-return]
-
-
-def local_prepare_source(lr: LoadedRecipe, settings: Settings, workdir: Path) -> Path:
-    """Unpack the recipe's sources into workdir/src, apply its patches, return srcdir.
-
-    URL sources come from the distfiles cache by file name (or a file:// URL)
-    and archives among them are unpacked; `file:` sources from beside the
-    recipe are copied as they are. srcdir is the first archive's single top
-    folder, as with nearly every upstream tarball, else workdir/src itself.
-    """
-    dest = workdir / "src"
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    srcdir: Path | None = None
-    for src in lr.recipe.sources:
-        name = src.display_name
-        if src.url and src.url.startswith("file://"):
-            origin = Path(src.url[len("file://"):])
-        elif src.url:
-            origin = settings.distfiles_dir / name
-        else:
-            origin = lr.dir / (src.file or "")
-        if not origin.is_file():
-            raise FetchError(f"{lr.name}: source {name} not found at {origin}",
-                             hint=f"run `iglubuild fetch {lr.name}` first")
-        if src.url and _is_archive(name):
-            with tarfile.open(origin) as tar:
-                tops = {m.name.split("/", 1)[0] for m in tar.getmembers() if m.name.strip("./")}
-                tar.extractall(dest, filter="data")
-            if srcdir is None and len(tops) == 1 and (dest / next(iter(tops))).is_dir():
-                srcdir = dest / next(iter(tops))
-        else:
-            shutil.copy2(origin, dest / Path(name).name)
-    srcdir = srcdir or dest
-    for patch in lr.recipe.patches:
-        try:
-            run(["patch", "-p1", "--batch", "-i", str(lr.dir / patch)], cwd=srcdir, capture=True)
-        except CommandError as exc:
-            raise BuildError(f"{lr.name}: patch {patch} does not apply",
-                             hint=exc.output.strip().splitlines()[-1] if exc.output else None
-                             ) from exc
-    return srcdir
-
-
-def _is_archive(name: str) -> bool:
-    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz"))
+    return prepare_source
 
 
 # ---------------------------------------------------------------- steps
