@@ -172,8 +172,9 @@ def build_package(
     is where sysroots are shared (default `<build-dir>/sysroots`).
 
     When `extra_env` sends compiles to the farm (DISTCC_HOSTS), distcc logs
-    to the work folder and, after the last phase, the count of remote and
-    local compiles goes into the package log and to `on_compiles(name, tally)`.
+    to the work folder and, after the phases (also when one fails), the count
+    of remote and local compiles goes into the package log and to
+    `on_compiles(name, tally)`.
     """
     target = target or load_target()
     recipe = lr.recipe
