@@ -496,7 +496,9 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
         job = PhaseJob(
             package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
             # The sysroot is shared by builds with the same deps: read-only.
-            writable=(paths.work,), readonly=(sysroot,),
+            # distcc's state folder (--farm) must be writable in a sandbox too:
+            # without it distcc cannot lock a volunteer and compiles locally.
+            writable=(paths.work, *_distcc_dir(env)), readonly=(sysroot,),
             # Builds have no network, except that compiles sent to the distcc
             # farm must reach its volunteers (--farm sets DISTCC_HOSTS).
             network="DISTCC_HOSTS" in env,
@@ -521,6 +523,12 @@ def _report_compiles(name: str, paths: WorkPaths, log: IO[bytes],
     _note(log, tally.describe() + (f" ({hosts})" if hosts else ""))
     if on_compiles is not None:
         on_compiles(name, tally)
+
+
+def _distcc_dir(env: Mapping[str, str]) -> tuple[Path, ...]:
+    """DISTCC_DIR when the phase sends compiles to the farm and it is an existing folder."""
+    folder = env.get("DISTCC_DIR")
+    return (Path(folder),) if folder and Path(folder).is_dir() else ()
 
 
 def _check_no_glibc(name: str, paths: WorkPaths, log: IO[bytes]) -> None:

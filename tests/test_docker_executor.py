@@ -268,6 +268,77 @@ def test_no_network_unless_the_job_asks(executor: DockerExecutor, tmp_path: Path
         server.close()
 
 
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no two free ports in a row")
+
+
+def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
+        executor: DockerExecutor, tmp_path: Path) -> None:
+    """A package built through the engine with the distcc launcher, as `--farm` does:
+    the phase's container (host network) sends its compile to a real distccd on
+    127.0.0.1, with local fallback off, and distcc's state folder is writable."""
+    from dataclasses import replace
+
+    from iglubuild.build import build_package
+    from iglubuild.farm import read_stats
+    from iglubuild.recipe import load_tree
+    from iglubuild.target import load_target
+
+    if shutil.which("distccd") is None:
+        pytest.skip("needs distccd on the host")
+    port = _free_port_pair()
+    distccd = subprocess.Popen(
+        ["distccd", "--daemon", "--no-detach", "--listen", "127.0.0.1", "--port", str(port),
+         "--allow", "127.0.0.1", "--stats", "--stats-port", str(port + 1), "--log-stderr"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and distccd.poll() is None
+                time.sleep(0.1)
+        recipes = tmp_path / "recipes"
+        write_recipe(recipes, "remote", """
+            name: remote
+            version: "1"
+            sources:
+              - url: TARBALL_URL
+            build: |
+              $CC $CFLAGS -O2 -c f.c -o f.o
+            package: |
+              install -D -m644 f.o "$pkgdir/usr/lib/remote/f.o"
+            """, {"f.c": "int triple(int x) { return 3 * x; }\n"})
+        settings = Settings(recipes=recipes, build_dir=tmp_path / "build")
+        distcc_dir = tmp_path / "distcc"
+        distcc_dir.mkdir()
+        farm_env = {"DISTCC_HOSTS": f"127.0.0.1:{port}/2", "DISTCC_DIR": str(distcc_dir),
+                    "DISTCC_FALLBACK": "0"}
+        lr = load_tree(recipes).recipes["remote"]
+        # f.c needs no C library: leave musl out of the sysroot.
+        target = replace(load_target(), implicit_build_deps=())
+        artifacts = build_package(lr, settings, executor, [], "sig", target=target,
+                                  launcher=("distcc",), extra_env=farm_env)
+        assert [a.name for a in artifacts] == ["remote-1-r1.x86_64.tar.zst"]
+        assert int(read_stats("127.0.0.1", port + 1)["dcc_compile_ok"]) == 1
+        assert (distcc_dir / "lock").is_dir()  # distcc's state, written from the container
+    finally:
+        distccd.terminate()
+        distccd.wait(10)
+
+
 def test_terminate_kills_a_running_phase_and_its_container(executor: DockerExecutor,
                                                            tmp_path: Path) -> None:
     work = tmp_path / "work"
