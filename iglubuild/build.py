@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import IO, Any
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
 from iglubuild.executor import PHASES, Executor, PhaseJob
+from iglubuild.farm import CompileTally, tally_compiles
 from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
@@ -66,6 +68,11 @@ class WorkPaths:
     @property
     def bindir(self) -> Path:
         return self.work / "bin"
+
+    @property
+    def compile_log(self) -> Path:
+        """distcc's client log (DISTCC_LOG) when compiles go to the farm."""
+        return self.work / "distcc.log"
 
     @property
     def stamps(self) -> Path:
@@ -146,6 +153,7 @@ def build_package(
     extra_env: Mapping[str, str] | None = None,
     on_phase: Callable[[str, str], None] | None = None,
     sysroots: SysrootCache | None = None,
+    on_compiles: Callable[[str, CompileTally], None] | None = None,
 ) -> list[Path]:
     """Build `lr` and return its artifacts (main package first, then sub-packages).
 
@@ -161,6 +169,11 @@ def build_package(
     from the caller, never from iglubuild's own environment. `on_phase(name,
     phase)` is called as each step starts (progress display). `sysroots`
     is where sysroots are shared (default `<build-dir>/sysroots`).
+
+    When `extra_env` sends compiles to the farm (DISTCC_HOSTS), distcc logs
+    to the work folder and, after the phases (also when one fails), the count
+    of remote and local compiles goes into the package log and to
+    `on_compiles(name, tally)`.
     """
     target = target or load_target()
     recipe = lr.recipe
@@ -169,8 +182,11 @@ def build_package(
     jobs = jobs or os.cpu_count() or 1
     if "no-parallel" in recipe.options:
         jobs = 1
+    extra_env = dict(extra_env or {})
     if "no-distcc" in recipe.options:
         launcher = ()
+        # Nor the farm's variables: they would give the phases network access.
+        extra_env = {k: v for k, v in extra_env.items() if not k.startswith("DISTCC_")}
     if from_phase is not None and from_phase not in PHASES:
         raise UsageError(f"unknown phase {from_phase!r}", hint="phases: " + ", ".join(PHASES))
 
@@ -192,17 +208,26 @@ def build_package(
             cache = sysroots or SysrootCache(settings.build_dir / "sysroots")
             with cache.use(dep_artifacts, lambda text: _note(log, text)) as sysroot:
                 env = phase_env(lr, target, paths, sysroot.path, jobs, epoch, launcher)
-                env.update(extra_env or {})
+                env.update(extra_env)
+                farmed = "DISTCC_HOSTS" in env
+                if farmed:
+                    # distcc's client log says where each compile ran; in the
+                    # work folder, which every executor lets the phases write.
+                    env["DISTCC_LOG"] = str(paths.compile_log)
                 if "no-parallel" in recipe.options:
                     env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
                 current = step("unpack")
                 srcdir = _unpack(lr, settings, paths,
                                  prepare_source or default_prepare_source(), log)
                 env["srcdir"] = str(srcdir)
-                for phase in SCRIPT_PHASES:
-                    # Progress hears only of phases that have something to run.
-                    current = step(phase) if recipe.phases[phase] else phase
-                    _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                try:
+                    for phase in SCRIPT_PHASES:
+                        # Progress hears only of phases that have something to run.
+                        current = step(phase) if recipe.phases[phase] else phase
+                        _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                finally:
+                    if farmed:  # a failed build's log needs distcc's warnings most
+                        _report_compiles(recipe.name, paths, log, on_compiles)
                 current = "sysroot check"
                 check_untouched(sysroot, cache, recipe.name)
             current = "glibc check"
@@ -243,7 +268,10 @@ class Engine:
         def make_builder(ctx: BuildContext) -> Builder:
             engine = Engine(settings, executor, tree, ctx.plan,
                             jobserver=ctx.jobserver, on_phase=ctx.on_phase)
-            return Builder(engine.build_one, [executor.terminate])
+            return Builder(engine.build_one, [executor.terminate],
+                           summary=engine.summary_lines)
+
+    With the farm, `summary_lines()` adds where the run's compiles went.
     """
 
     def __init__(self, settings: Settings, executor: Executor, tree: RecipeTree, plan: Any,
@@ -263,6 +291,8 @@ class Engine:
         self.from_phase = from_phase
         self.launcher = tuple(launcher)
         self.extra_env = dict(extra_env or {})
+        self._compiles: dict[str, CompileTally] = {}
+        self._compiles_lock = threading.Lock()
         if jobserver is not None:
             # make in every phase joins the run's one jobserver (see iglubuild.jobserver).
             self.extra_env.update(jobserver.env())
@@ -300,8 +330,26 @@ class Engine:
             self.plan.packages[name].signature, target=self.target,
             from_phase=self.from_phase, keep_work=self.keep_work,
             jobs=self.settings.jobs, launcher=self.launcher, extra_env=self.extra_env,
-            on_phase=self.on_phase,
+            on_phase=self.on_phase, on_compiles=self._record_compiles,
         )
+
+    def _record_compiles(self, name: str, tally: CompileTally) -> None:
+        with self._compiles_lock:  # builds finish in the scheduler's worker threads
+            self._compiles[name] = tally
+
+    def compiles(self) -> CompileTally | None:
+        """Where this run's compiles ran (all packages built through the farm),
+        or None if no package was built through it."""
+        with self._compiles_lock:
+            tallies = list(self._compiles.values())
+        if not tallies:
+            return None
+        return sum(tallies, CompileTally())
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the end-of-run summary: the farm's share of the compiles."""
+        total = self.compiles()
+        return [] if total is None else [total.describe()]
 
 
 def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, sysroot: Path, jobs: int,
@@ -447,7 +495,9 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
         job = PhaseJob(
             package=recipe.name, phase=phase, script=script, cwd=srcdir, env=dict(env),
             # The sysroot is shared by builds with the same deps: read-only.
-            writable=(paths.work,), readonly=(sysroot,),
+            # distcc's state folder (--farm) must be writable in a sandbox too:
+            # without it distcc cannot lock a volunteer and compiles locally.
+            writable=(paths.work, *_distcc_dir(env)), readonly=(sysroot,),
             # Builds have no network, except that compiles sent to the distcc
             # farm must reach its volunteers (--farm sets DISTCC_HOSTS).
             network="DISTCC_HOSTS" in env,
@@ -459,6 +509,25 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
                               tail_of(paths.log))
         _note(log, f"{phase} done in {time.monotonic() - t0:.1f}s")
     paths.stamp(phase).touch()
+
+
+def _report_compiles(name: str, paths: WorkPaths, log: IO[bytes],
+                     on_compiles: Callable[[str, CompileTally], None] | None) -> None:
+    """Note where this package's compiles ran (and distcc's own warnings,
+    which DISTCC_LOG takes away from the phase output) in the package log."""
+    tally = tally_compiles(paths.compile_log)
+    for warning in tally.warnings:
+        _note(log, f"distcc: {warning}")
+    hosts = ", ".join(f"{host} {n}" for host, n in sorted(tally.hosts.items()))
+    _note(log, tally.describe() + (f" ({hosts})" if hosts else ""))
+    if on_compiles is not None:
+        on_compiles(name, tally)
+
+
+def _distcc_dir(env: Mapping[str, str]) -> tuple[Path, ...]:
+    """DISTCC_DIR when the phase sends compiles to the farm and it is an existing folder."""
+    folder = env.get("DISTCC_DIR")
+    return (Path(folder),) if folder and Path(folder).is_dir() else ()
 
 
 def _check_no_glibc(name: str, paths: WorkPaths, log: IO[bytes]) -> None:

@@ -9,7 +9,8 @@ the plan, the shared jobserver and the phase callback and returns the
     def make_builder(ctx: BuildContext) -> Builder:
         engine = Engine(settings, executor, tree, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, signatures=ctx.plan)
-        return Builder(engine.build_one, [executor.terminate])
+        return Builder(engine.build_one, [executor.terminate],
+                       summary=engine.summary_lines)
 
     return run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=args.names, force=args.force, keep_going=args.keep_going,
@@ -45,8 +46,12 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Builder:
+    """How to build one package, how to stop, and what the builder adds to the
+    summary (e.g. the farm's share of the compiles), printed after it."""
+
     build_one: BuildOne
     terminators: Sequence[Callable[[], None]] = ()
+    summary: Callable[[], Sequence[str]] | None = None
 
 
 def run_build(
@@ -89,6 +94,9 @@ def run_build(
                                jobserver=jobserver, progress=progress,
                                terminators=builder.terminators, keep_going=keep_going)
         report(summary, err)
+        if builder.summary is not None:
+            for line in builder.summary():
+                print(line, file=err)
         return summary.exit_code
 
 

@@ -4,7 +4,8 @@
 from the toolchain image; `farm_status` lists the volunteers; `farm_down`
 removes the service (and leaves the swarm only if iglubuild created it);
 `discover` turns the live farm into DISTCC_HOSTS for a build, and
-`build_env` into the variables a build phase needs.
+`build_env` into the variables a build phase needs; `tally_compiles` reads
+back from distcc's own log how many of a build's compiles went to the farm.
 
 Everything goes through the Docker Engine API (the docker Python SDK); the
 docker CLI is never run.
@@ -704,3 +705,110 @@ def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
         distcc_dir.mkdir(parents=True, exist_ok=True)
         env["DISTCC_DIR"] = str(distcc_dir)
     return env
+
+
+# --------------------------------------------------------------------------- tally
+
+# distcc's client log (DISTCC_LOG, info level): one "compile from SRC to OBJ"
+# per distributable compile, then "compile SRC on HOST completed ok" from the
+# host whose result was kept (HOST is the DISTCC_HOSTS entry, or localhost
+# after a fallback). Links, -E and autoconf tests never get a "compile from".
+# Several distcc processes append to one log; every line is a single write
+# and starts with the writer's pid, so lines are matched by pid.
+_LOG_LINE = re.compile(r"^distcc\[(\d+)\] (.*)$")
+_COMPILE_FROM = re.compile(r"^compile from .* to .*$")
+_COMPILED_ON = re.compile(r"^compile .* on (\S+) completed ok$")
+_COMPILE_FAILED = re.compile(r"^ERROR: compile .* on \S+ failed")
+_EXIT = re.compile(r"^\(dcc_exit\) ")
+
+
+@dataclass
+class CompileTally:
+    """Where a build's compiles ran, counted from distcc's client log.
+
+    `remote` compiles returned an object from a volunteer; `local` ones were
+    compiled on the build machine (a volunteer failed or refused, or the
+    compile failed remotely and was retried). Links and preprocessing are not
+    compiles and are not counted.
+    """
+
+    remote: int = 0
+    local: int = 0
+    hosts: dict[str, int] = field(default_factory=dict)  # volunteer address:port -> compiles
+    # distcc's complaints about distributing (not about code that does not
+    # compile, such as configure probes), first few
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def compiles(self) -> int:
+        return self.remote + self.local
+
+    def __add__(self, other: CompileTally) -> CompileTally:
+        hosts = dict(self.hosts)
+        for host, n in other.hosts.items():
+            hosts[host] = hosts.get(host, 0) + n
+        return CompileTally(self.remote + other.remote, self.local + other.local, hosts,
+                            (self.warnings + other.warnings)[:MAX_WARNINGS])
+
+    def describe(self) -> str:
+        """One line for the build summary, e.g. `farm: 812 of 840 compiles remote on 2
+        volunteers, 28 local`."""
+        return (f"farm: {self.remote} of {self.compiles} compiles remote on "
+                f"{len(self.hosts)} volunteer{'s' if len(self.hosts) != 1 else ''}, "
+                f"{self.local} local")
+
+
+MAX_WARNINGS = 20
+
+
+def tally_compiles(log_path: Path) -> CompileTally:
+    """Count a build's remote and local compiles from its DISTCC_LOG file.
+
+    Reads the log distcc wrote because the build phase had DISTCC_LOG set
+    (iglubuild.build sets it in the work folder whenever DISTCC_HOSTS is).
+    The client's own log is exact for this build, unlike the volunteers'
+    counters, which other builds sharing the farm move too. A missing log
+    means distcc never ran: nothing was compiled.
+    """
+    tally = CompileTally()
+    open_: set[str] = set()  # pids with a distributable compile not yet placed
+    # pids whose compile failed on the volunteer: the code is bad (configure
+    # probes are meant to fail), and distcc's retry-locally warnings say nothing
+    # about the farm
+    bad_code: set[str] = set()
+    try:
+        f = log_path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return tally
+    with f:
+        for line in f:
+            m = _LOG_LINE.match(line.rstrip("\n"))
+            if m is None:
+                continue
+            pid, text = m.groups()
+            if _COMPILE_FROM.match(text):
+                if pid in open_:  # a pid reused after an unfinished compile
+                    tally.local += 1
+                open_.add(pid)
+            elif (done := _COMPILED_ON.match(text)) and pid in open_:
+                open_.discard(pid)
+                host = done.group(1)
+                if host == "localhost":
+                    tally.local += 1
+                else:
+                    # "addr:port/slots,options" -> "addr:port"
+                    key = host.split("/", 1)[0]
+                    tally.remote += 1
+                    tally.hosts[key] = tally.hosts.get(key, 0) + 1
+            elif _EXIT.match(text):
+                bad_code.discard(pid)
+                if pid in open_:
+                    open_.discard(pid)
+                    tally.local += 1  # failed everywhere: it was last tried here
+            elif _COMPILE_FAILED.match(text):
+                bad_code.add(pid)
+            elif (text.startswith(("Warning:", "ERROR:", "(dcc_build_somewhere) Warning:"))
+                  and pid not in bad_code and len(tally.warnings) < MAX_WARNINGS):
+                tally.warnings.append(text)
+    tally.local += len(open_)  # killed mid-compile
+    return tally

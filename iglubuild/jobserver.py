@@ -26,8 +26,10 @@ What a builder must do with a `Jobserver` (host and chroot executors):
 - run `make` without an explicit `-jN` on its command line: an explicit -j
   makes GNU make leave the jobserver and start its own.
 
-A sandbox that cannot inherit descriptors (docker) should pass
-`budget_split(...)` as `-jN` instead. Tools that do not speak the jobserver
+A sandbox that cannot inherit descriptors (docker) opens the pipe by its
+path instead: it is a named FIFO (`Jobserver.fifo`), and a phase that opens
+it read-write at the descriptor numbers MAKEFLAGS names joins as if it had
+inherited them. Tools that do not speak the jobserver
 protocol (ninja, samurai) should be given `budget_split(...)` too.
 """
 
@@ -35,11 +37,12 @@ from __future__ import annotations
 
 import os
 import select
+import tempfile
 import threading
 
 
 class Jobserver:
-    """A pipe of `tokens` one-byte tokens, in the GNU make jobserver protocol."""
+    """A pipe (a named FIFO) of `tokens` one-byte tokens, in the GNU make jobserver protocol."""
 
     TOKEN = b"+"
 
@@ -47,13 +50,23 @@ class Jobserver:
         if tokens < 1:
             raise ValueError("a jobserver needs at least one token")
         self.tokens = tokens
-        self._read_fd, self._write_fd = os.pipe()
-        # The scheduler takes tokens without blocking, but make expects a
-        # blocking pipe and O_NONBLOCK is shared by everyone using one open
-        # file description. Opening the pipe again through /proc gives us a
-        # description of our own that may be non-blocking.
-        self._own_read_fd = os.open(f"/proc/self/fd/{self._read_fd}",
-                                    os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # A named FIFO (in a private folder) behaves exactly like a pipe for
+        # make, and a process that cannot inherit our descriptors (a phase in
+        # a container) can still join by opening it at `fifo` (see
+        # iglubuild.executors.docker).
+        self._dir = tempfile.mkdtemp(prefix="iglubuild-jobserver-")
+        self.fifo = os.path.join(self._dir, "fifo")
+        os.mkfifo(self.fifo, 0o600)
+        # Reader first (a non-blocking open of a FIFO's read end returns at
+        # once), then the writer, which now has a reader; make expects the
+        # read end to block, so switch that back on.
+        self._read_fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self._write_fd = os.open(self.fifo, os.O_WRONLY)
+        os.set_blocking(self._read_fd, True)
+        # The scheduler takes tokens without blocking, but O_NONBLOCK is shared
+        # by everyone using one open file description: our own description
+        # of the read end may be non-blocking.
+        self._own_read_fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.write(self._write_fd, self.TOKEN * tokens)
         self._lock = threading.Lock()
         self._closed = False
@@ -120,6 +133,8 @@ class Jobserver:
             self._closed = True
             for fd in (self._own_read_fd, self._read_fd, self._write_fd):
                 os.close(fd)
+            os.unlink(self.fifo)
+            os.rmdir(self._dir)
 
     def __enter__(self) -> Jobserver:
         return self

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ _CHECK_SCRIPT = (
     "[ -e /usr/lib/distcc/clang ] || { echo 'no /usr/lib/distcc/clang'; exit 1; }; "
     "clang --version | head -n 1"
 )
+# The sha256 of the build root manifest an image was made from (see iglubuild.buildroot).
+LABEL_MANIFEST = "org.iglunix.toolchain-manifest"
 _IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -60,8 +63,13 @@ def tarball_toolchain_id(tarball: Path) -> str:
 
 
 def create_image(tarball: Path, toolchain_id: str | None = None,
-                 client: docker.DockerClient | None = None) -> ToolchainImage:
-    """Import `tarball` as iglubuild-toolchain:<toolchain id> and check it can volunteer."""
+                 client: docker.DockerClient | None = None,
+                 labels: Mapping[str, str] | None = None) -> ToolchainImage:
+    """Import `tarball` as iglubuild-toolchain:<toolchain id> and check it can volunteer.
+
+    `labels` are added to the image (the build root's manifest digest, so a
+    machine without the build root can still find the image for its manifest).
+    """
     tarball = Path(tarball)
     if not tarball.is_file():
         raise UsageError(f"{tarball}: no such build root tarball",
@@ -72,6 +80,7 @@ def create_image(tarball: Path, toolchain_id: str | None = None,
         f"ENV PATH={_IMAGE_PATH}",
         f"LABEL {LABEL_TOOLCHAIN}={tid}",
         'CMD ["/bin/sh"]',
+        *(f"LABEL {key}={value}" for key, value in (labels or {}).items()),
     ]
     result = client.api.import_image_from_file(
         str(tarball), repository=IMAGE_REPOSITORY, tag=tid, changes=changes)
@@ -195,7 +204,14 @@ def image_action(settings: Settings, args: argparse.Namespace) -> int:
         print(f"loaded {', '.join(tags)}")
     else:
         tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
-        made = create_image(tarball, args.toolchain_id or root_id)
+        labels = {}
+        if root_id is not None and not args.toolchain_id:
+            # Made from the current build root: say which manifest it comes
+            # from, for `--executor docker` on machines that only load the image.
+            from iglubuild import buildroot
+
+            labels[LABEL_MANIFEST] = buildroot.current_root(settings).manifest_digest
+        made = create_image(tarball, args.toolchain_id or root_id, labels=labels)
         ref = made.ref
         print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
     if args.save is not None:

@@ -64,3 +64,72 @@ def recipes(tmp_path: Path) -> Path:
     root = tmp_path / "recipes"
     root.mkdir()
     return root
+
+
+# --------------------------------------------------------------------------- Docker
+# One private dockerd and one toolchain image per session, shared by the farm
+# tests (tests/test_farm.py) and the docker executor's (tests/test_docker_executor.py):
+# a second engine or a second import of the image would only cost minutes.
+
+
+def _docker_missing() -> str | None:
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root (a private dockerd)"
+    if shutil.which("dockerd") is None:
+        return "needs dockerd (Debian's docker.io)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine():  # type: ignore[no-untyped-def]
+    """Our own dockerd for the whole session, stopped by its PID at the end.
+
+    Its socket is exported as DOCKER_HOST for the session, so iglubuild's own
+    client (iglubuild.farm.docker_client) talks to it.
+    """
+    reason = _docker_missing()
+    if reason:
+        pytest.skip(reason)
+    import docker
+
+    from tests.farm_support import start_dockerd
+
+    daemon = start_dockerd()
+    # A data root kept from an earlier session may still hold a swarm (and its
+    # service); start every session from no swarm at all.
+    client = docker.DockerClient(base_url=daemon.host)
+    if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+        client.swarm.leave(force=True)
+    old = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = daemon.host
+    try:
+        yield daemon
+    finally:
+        try:
+            if client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+                client.swarm.leave(force=True)
+        except Exception:
+            pass
+        daemon.stop()
+        if old is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = old
+
+
+@pytest.fixture(scope="session")
+def root_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build root as a tarball (IGLUBUILD_TEST_BUILDROOT, else debootstrap once)."""
+    from tests.farm_support import buildroot_tarball
+
+    return buildroot_tarball(tmp_path_factory.mktemp("buildroot"))
+
+
+@pytest.fixture(scope="session")
+def toolchain_image(docker_engine, root_tarball):  # type: ignore[no-untyped-def]
+    """The build root imported as iglubuild-toolchain:<sha256 prefix of the tarball>."""
+    from iglubuild.toolchain_image import create_image
+
+    return create_image(root_tarball)

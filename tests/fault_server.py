@@ -25,6 +25,7 @@ from __future__ import annotations
 import http.server
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -164,6 +165,16 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     owner: FaultServer
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Record a handler's exception instead of printing a traceback.
+
+        Clients hang up mid-answer on purpose here (a 404 ends a fetch, faults
+        cut connections); socketserver would print that to stderr, which the
+        CLI tests capture and check for "Traceback".
+        """
+        with self.owner._lock:
+            self.owner.handler_errors.append(repr(sys.exc_info()[1]))
+
 
 class FaultServer:
     """Start with `with FaultServer() as srv:`; `srv.url("/x")` is its address."""
@@ -176,6 +187,7 @@ class FaultServer:
         self.active = 0
         self.connections = 0  # TCP connections accepted (keep-alive reuses them)
         self.max_active = 0  # most requests served at once
+        self.handler_errors: list[str] = []  # exceptions of request handlers (see _Server)
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self

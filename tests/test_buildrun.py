@@ -62,6 +62,26 @@ def test_build_then_nothing_to_do(tree_dir: Path, tmp_path: Path) -> None:
     assert len(run.builders) == 1  # the second run never built anything
 
 
+def test_builder_summary_lines_follow_the_summary(tree_dir: Path, tmp_path: Path) -> None:
+    """What a builder adds (the farm's share of the compiles) ends the summary."""
+    run = Run(tree_dir, tmp_path / "build")
+    calls = []
+
+    def with_summary(ctx: BuildContext) -> Builder:
+        plain = run.make_builder(ctx)
+        return Builder(plain.build_one, plain.terminators,
+                       summary=lambda: calls.append(1) or ["farm: 3 of 4 compiles remote"])
+
+    tree, graph = load(tree_dir)
+    err = io.StringIO()
+    code = run_build(run.settings, tree, graph, "tc-1", with_summary, names=["musl"],
+                     out=io.StringIO(), err=err)
+    assert code == 0
+    lines = err.getvalue().splitlines()
+    assert lines[-1] == "farm: 3 of 4 compiles remote"
+    assert lines[-2].startswith("critical path") and calls == [1]
+
+
 def test_builder_gets_the_jobserver_environment(tree_dir: Path, tmp_path: Path) -> None:
     run = Run(tree_dir, tmp_path / "build")
     run(names=["musl"])

@@ -141,7 +141,7 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
                 raise FetchError(f"{name}: source not available: {unfetched[name]}")
             return engine.build_one(name)
 
-        return Builder(build_one, [executor.terminate])
+        return Builder(build_one, [executor.terminate], summary=engine.summary_lines)
 
     code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=names, force=args.force, keep_going=args.keep_going,

@@ -132,7 +132,8 @@ ACTIONS: dict[str, Action] = {
                    _no_args, _path),
     "export": Action("write the build root as a tarball (for the Docker image)",
                      _export_args, _export),
-    "image": Action("import the build root into Docker as the toolchain image (distcc farm)",
+    "image": Action("import the build root into Docker as the toolchain image "
+                    "(distcc farm, --executor docker)",
                     _image_args, _image),
 }
 

@@ -24,6 +24,9 @@ def make_executor(settings: Settings) -> Executor:
             raise UsageError("the chroot executor is not available in this build",
                              hint="use --executor host") from exc
         return make_chroot_executor(settings)
-    raise UsageError(f"the {settings.executor} executor is not implemented yet",
-                     hint="use --executor host or --executor chroot; compiles can still go "
-                          "through containers with --farm")
+    if settings.executor == "docker":
+        from iglubuild.executors.docker import make_docker_executor
+
+        return make_docker_executor(settings)
+    raise UsageError(f"unknown executor {settings.executor!r}",
+                     hint="use --executor host, chroot or docker")
