@@ -1,28 +1,19 @@
 """Where the build order is decided: the dependency graph of the recipe tree.
 
 Nodes are recipe names; an edge A -> B means "A must be built before B"
-(B lists A, or one of A's sub-packages, in deps or makedeps).
-
-What every command needs -- building the graph, checking it has no cycle,
-the topological order (ties broken by name, so the order is the same on every
-machine), closures -- is done here on plain dicts: it is a few lines, and
-importing networkx costs more (~0.1 s) than `iglubuild graph` over 2,000
-cached recipes may take in all. networkx does the rest (reporting a cycle,
-the longest path, dependency paths) and is imported only when one of those
-is asked for.
+(B lists A, or one of A's sub-packages, in deps or makedeps). networkx does the
+graph work: cycles, topological order (ties broken by name, so the order is
+the same on every machine), closures and the longest path.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+
+import networkx as nx
 
 from iglubuild.errors import GraphError, Problem, UsageError
 from iglubuild.recipe import RecipeTree
-
-if TYPE_CHECKING:
-    import networkx as nx
 
 
 class DepGraph:
@@ -34,70 +25,18 @@ class DepGraph:
         needs itself are exempt, or the graph would have a cycle."""
         self.tree = tree
         self.providers = tree.providers()
-        # Insertion-ordered sets (dict keys): the same graph gives the same edges list.
-        self._preds: dict[str, dict[str, None]] = {lr.name: {} for lr in tree}
-        self._succs: dict[str, dict[str, None]] = {lr.name: {} for lr in tree}
-        self._nx: nx.DiGraph | None = None
+        g: nx.DiGraph = nx.DiGraph()
+        for lr in tree:
+            g.add_node(lr.name)
         for lr in tree:
             for kind in ("deps", "makedeps"):
                 for dep in getattr(lr.recipe, kind):
                     parent = self.providers[dep][0]
                     if parent != lr.name:
-                        self._add_edge(parent, lr.name)
+                        g.add_edge(parent, lr.name)
+        self.g = g
         self._check_cycles()
         self._add_implicit(implicit)
-
-    def _add_edge(self, a: str, b: str) -> None:
-        self._succs[a][b] = None
-        self._preds[b][a] = None
-        self._nx = None
-
-    @property
-    def g(self) -> nx.DiGraph:
-        """The graph as a networkx DiGraph (made on first use), for networkx's algorithms."""
-        if self._nx is None:
-            import networkx as nx
-
-            g: nx.DiGraph = nx.DiGraph()
-            g.add_nodes_from(self._succs)
-            g.add_edges_from(self.edges())
-            self._nx = g
-        return self._nx
-
-    def edges(self) -> list[tuple[str, str]]:
-        """Every (before, after) pair."""
-        return [(a, b) for a, after in self._succs.items() for b in after]
-
-    def _reach(self, start: str, step: dict[str, dict[str, None]]) -> set[str]:
-        """Everything reachable from `start` (not itself) following `step`."""
-        seen: set[str] = set()
-        todo = list(step[start])
-        while todo:
-            node = todo.pop()
-            if node not in seen:
-                seen.add(node)
-                todo.extend(step[node])
-        return seen
-
-    def _topological(self, nodes: Iterable[str]) -> list[str]:
-        """Kahn's algorithm over `nodes`, smallest name first among the ready ones.
-
-        Returns fewer names than given when the nodes hold a cycle.
-        """
-        members = set(nodes)
-        waiting = {n: sum(1 for p in self._preds[n] if p in members) for n in members}
-        ready = [n for n, count in waiting.items() if count == 0]
-        heapq.heapify(ready)
-        out: list[str] = []
-        while ready:
-            node = heapq.heappop(ready)
-            out.append(node)
-            for nxt in self._succs[node]:
-                if nxt in members:
-                    waiting[nxt] -= 1
-                    if waiting[nxt] == 0:
-                        heapq.heappush(ready, nxt)
-        return out
 
     def _add_implicit(self, implicit: Sequence[str]) -> None:
         parents = sorted({self.providers[d][0] for d in implicit if d in self.providers})
@@ -105,20 +44,17 @@ class DepGraph:
             return
         exempt = set(parents)
         for parent in parents:
-            exempt |= self._reach(parent, self._preds)
-        for node in list(self._succs):
+            exempt |= nx.ancestors(self.g, parent)
+        for node in list(self.g.nodes):
             if node not in exempt:
                 for parent in parents:
-                    self._add_edge(parent, node)
+                    self.g.add_edge(parent, node)
 
     def _check_cycles(self) -> None:
-        # A topological pass that cannot place every node means a cycle; only
-        # then is networkx loaded to find it (find_cycle's edge DFS is slow on
-        # large trees, so it only runs on a cyclic component).
-        if len(self._topological(self._succs)) == len(self._succs):
+        # is_directed_acyclic_graph is a cheap topological pass; find_cycle's
+        # edge DFS is slow on large trees, so it only runs on a cyclic component.
+        if nx.is_directed_acyclic_graph(self.g):
             return
-        import networkx as nx
-
         component = next(c for c in sorted(nx.strongly_connected_components(self.g),
                                            key=min) if len(c) > 1)
         cycle = nx.find_cycle(self.g.subgraph(component))
@@ -164,23 +100,25 @@ class DepGraph:
         out: set[str] = set()
         for name in self._known(names):
             out.add(name)
-            out |= self._reach(name, self._preds)
+            out |= nx.ancestors(self.g, name)
         return out
 
     def dependents(self, names: Iterable[str]) -> set[str]:
         """Everything that (transitively) needs one of the named packages."""
         out: set[str] = set()
         for name in self._known(names):
-            out |= self._reach(name, self._succs)
+            out |= nx.descendants(self.g, name)
         return out
 
     def order(self, names: Iterable[str] | None = None) -> list[str]:
         """Deterministic build order of `names`' closure (or of the whole tree)."""
-        return self._topological(self._succs if names is None else self.closure(names))
+        nodes = self.g.nodes if names is None else self.closure(names)
+        sub = self.g.subgraph(nodes)
+        return list(nx.lexicographical_topological_sort(sub))
 
     def build_deps(self, name: str) -> list[str]:
         """Parent recipes whose artifacts `name` needs at build time, sorted."""
-        return sorted(self._preds[name])
+        return sorted(self.g.predecessors(name))
 
     def runtime_deps(self, name: str) -> list[str]:
         """Package names (sub-packages kept) that `name` needs at run time."""
@@ -192,7 +130,7 @@ class DepGraph:
         members = set(order)
         depth: dict[str, int] = {}
         for node in order:
-            preds = [p for p in self._preds[node] if p in members]
+            preds = [p for p in self.g.predecessors(node) if p in members]
             depth[node] = 1 + max((depth[p] for p in preds), default=-1)
         waves: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
         for node in order:
@@ -201,8 +139,6 @@ class DepGraph:
 
     def critical_path(self, names: Iterable[str] | None = None) -> list[str]:
         """The longest chain of packages that must be built one after another."""
-        import networkx as nx
-
         nodes = self.g.nodes if names is None else self.closure(names)
         sub = self.g.subgraph(nodes)
         if sub.number_of_nodes() == 0:
@@ -211,8 +147,6 @@ class DepGraph:
 
     def path(self, source: str, target: str) -> list[str] | None:
         """A dependency path: `source` needs ... needs `target` (None if it does not)."""
-        import networkx as nx
-
         a, b = self._known([source, target])
         try:
             return list(reversed(nx.shortest_path(self.g, b, a)))

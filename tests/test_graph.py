@@ -113,14 +113,6 @@ def test_random_trees_give_valid_order_and_closed_closures(
         for name in wave:
             assert set(deps[name]) <= seen
         seen |= set(wave)
-    # The plain-dict graph work gives exactly what networkx gives on the same graph.
-    import networkx as nx
-
-    assert order == list(nx.lexicographical_topological_sort(g.g))
-    assert sub_order == list(nx.lexicographical_topological_sort(g.g.subgraph(closure)))
-    for name in picked:
-        assert g.dependents([name]) == nx.descendants(g.g, name)
-        assert g.closure([name]) == nx.ancestors(g.g, name) | {name}
 
 
 @settings(max_examples=300, deadline=None)
@@ -151,21 +143,6 @@ def test_arbitrary_yaml_structures_never_raise(data: dict) -> None:  # type: ign
     YAML(typ="safe", pure=True).dump(data, buf)
     recipe, problems = parse_recipe_text(Path("x/recipe.yaml"), buf.getvalue())
     assert (recipe is None) == bool(problems)
-
-
-def test_graph_verb_does_not_load_networkx(recipes: Path) -> None:
-    """`iglubuild graph` and `lint` run on the plain-dict graph; networkx (~0.1 s to
-    import) loads only for a cycle report, the critical path or `why`."""
-    import subprocess
-    import sys
-
-    _tree(recipes, {"musl": [], "openssl": ["musl"], "curl": ["openssl"]})
-    code = ("import sys\nfrom iglubuild.cli import main\n"
-            f"main(['--recipes', {str(recipes)!r}, 'graph', 'curl'])\n"
-            "print('networkx' in sys.modules, 'pydantic' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent, check=True).stdout
-    assert out.splitlines()[-1] == "False True"
 
 
 def test_implicit_libc_edges(recipes: Path) -> None:
