@@ -44,6 +44,7 @@ class HostExecutor:
         self.isolate_network = isolate_network
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._generation = 0  # bumped by terminate(): phases begun before it do not start
         self._toolchain_id: str | None = None
 
     def describe(self) -> str:
@@ -80,6 +81,8 @@ class HostExecutor:
 
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
         """Run one phase in its own process group, output into `log_file`."""
+        with self._lock:
+            generation = self._generation
         argv = ["sh", "-e", "-c", job.script]
         if self.isolate_network and not job.network:
             argv = ["unshare", "--net", "--", *argv]
@@ -87,17 +90,21 @@ class HostExecutor:
         # Popen rather than iglubuild.run.run: terminate() needs the pid while
         # the phase is still running. The environment is the job's, whitelisted
         # by the build stage; stdin is /dev/null as everywhere else.
-        proc = subprocess.Popen(
-            argv,
-            cwd=job.cwd,
-            env=job.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=self.pass_fds,
-        )
+        # Spawned and recorded under the lock, so a terminate() either sees the
+        # process or has already happened (then the phase does not start).
         with self._lock:
+            if self._generation != generation:
+                return -signal.SIGTERM
+            proc = subprocess.Popen(
+                argv,
+                cwd=job.cwd,
+                env=job.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=self.pass_fds,
+            )
             self._running[proc.pid] = proc
         try:
             return proc.wait()
@@ -110,6 +117,7 @@ class HostExecutor:
     def terminate(self) -> None:
         """SIGTERM every running phase's process group, SIGKILL what outlives the grace."""
         with self._lock:
+            self._generation += 1
             procs = list(self._running.values())
         for proc in procs:
             _kill_group(proc.pid, signal.SIGTERM)
