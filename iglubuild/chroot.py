@@ -227,6 +227,10 @@ class ChrootExecutor:
         self.debug = debug
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
+        # The run's make jobserver descriptors (set by the build engine, as for
+        # the host executor). They stay open through setpriv, unshare and our
+        # init, so make in the chroot takes the run's tokens instead of -j1.
+        self.pass_fds: tuple[int, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings, manifest: Path | None = None) -> ChrootExecutor:
@@ -308,7 +312,8 @@ class ChrootExecutor:
             with self._lock:
                 proc = subprocess.Popen(cmd, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                                         stdin=stdin, stdout=stdout, stderr=stderr,
-                                        start_new_session=new_session)
+                                        start_new_session=new_session,
+                                        pass_fds=self.pass_fds)
                 self._procs.add(proc)
             try:
                 rc = proc.wait()

@@ -32,6 +32,7 @@ from iglubuild.run import base_env
 from iglubuild.settings import Settings
 from tests.conftest import DISTFILES, REPO_ROOT
 from tests.engine_support import MUSL_TARBALL, musl_recipe_text, write_recipe
+from tests.make_probe import MAKEFILE, overlap
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -199,21 +200,6 @@ def test_image_is_not_changed_by_a_phase(executor: DockerExecutor, tmp_path: Pat
     assert "exec-tmp" in out
 
 
-MAKEFILE = """\
-all: a b c
-a b c:
-\t@date +%s.%N > $@.start; sleep 1; date +%s.%N > $@.end
-"""
-
-
-def _overlap(work: Path) -> float:
-    """Seconds the three jobs ran at the same time as another (0 when serial)."""
-    spans = [(float((work / f"{t}.start").read_text()), float((work / f"{t}.end").read_text()))
-             for t in "abc"]
-    return sum(max(0.0, min(e1, e2) - max(s1, s2))
-               for i, (s1, e1) in enumerate(spans) for (s2, e2) in spans[i + 1:])
-
-
 def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
                                                        tmp_path: Path) -> None:
     from iglubuild.jobserver import Jobserver
@@ -231,13 +217,13 @@ def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
         rc, out = _run(executor, job, tmp_path)
         assert rc == 0, out
         assert "jobserver unavailable" not in out
-        assert _overlap(work) < 0.2
+        assert overlap(work) < 0.2
         # Two tokens back: all three run at once, and give the tokens back.
         js.release()
         js.release()
         rc, out = _run(executor, job, tmp_path)
         assert rc == 0, out
-        assert _overlap(work) > 1.5
+        assert overlap(work) > 1.5
         assert js.available() == 2
         executor.pass_fds = ()
 

@@ -18,6 +18,7 @@ from iglubuild.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
 from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
+from tests.make_probe import MAKEFILE, overlap
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -37,6 +38,33 @@ def _run(ex: ChrootExecutor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
     with open(log, "wb") as fh:
         rc = ex.run_phase(job, fh)
     return rc, log.read_text(errors="replace")
+
+
+def test_make_in_the_chroot_shares_the_runs_jobserver(executor: ChrootExecutor,
+                                                     tmp_path: Path) -> None:
+    from iglubuild.jobserver import Jobserver
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Makefile").write_text(MAKEFILE)
+    with Jobserver(3) as js:
+        executor.pass_fds = js.pass_fds
+        job = PhaseJob("t", "build", "make", work, base_env(js.env()), writable=(work,))
+        # The host holds every token: make in the chroot has only its implicit
+        # slot and runs the three jobs one after another.
+        for _ in range(3):
+            assert js.acquire(timeout=1)
+        rc, out = _run(executor, job, tmp_path)
+        assert rc == 0, out
+        assert "jobserver unavailable" not in out
+        assert overlap(work) < 0.2
+        # Two tokens back: all three run at once, and make gives them back.
+        js.release()
+        js.release()
+        rc, out = _run(executor, job, tmp_path)
+        assert rc == 0, out
+        assert overlap(work) > 1.5
+        assert js.available() == 2
 
 
 def test_musl_hello_compiled_in_chroot_runs_on_host(
