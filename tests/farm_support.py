@@ -33,6 +33,15 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # A swarm leaves network namespaces mounted under the exec root after
+        # dockerd exits; unmount them so the machine is left as it was found.
+        prefix = str(self.root.resolve()) + "/"
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            leftovers = [line.split()[1] for line in mounts
+                         if line.split()[1].startswith(prefix)]
+        for target in reversed(leftovers):
+            subprocess.run(["umount", "-l", target], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
