@@ -32,7 +32,7 @@ from iglubuild.run import base_env
 from iglubuild.settings import Settings
 from tests.conftest import DISTFILES, REPO_ROOT
 from tests.engine_support import MUSL_TARBALL, musl_recipe_text, write_recipe
-from tests.make_probe import MAKEFILE, overlap
+from tests.sandbox_support import MAKEFILE, RecordingServer, overlap, run_to_log
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -80,44 +80,8 @@ class _TimedLog:
         self.fh.close()
 
 
-def _run(ex: DockerExecutor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
-    log = tmp_path / "phase.log"
-    with open(log, "wb") as fh:
-        rc = ex.run_phase(job, fh)
-    return rc, log.read_text(errors="replace")
 
 
-class _Server:
-    """A real TCP server on the host's 127.0.0.1 that records what it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(100))
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join()
-        self.sock.close()
 
 
 # --------------------------------------------------------------------------- phases
@@ -147,9 +111,9 @@ def test_sh_e_stops_at_the_first_failure_and_127_for_missing(executor: DockerExe
                                                             tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    assert _run(executor, _job(work, "false; touch reached"), tmp_path)[0] == 1
+    assert run_to_log(executor, _job(work, "false; touch reached"), tmp_path)[0] == 1
     assert not (work / "reached").exists()
-    rc, out = _run(executor, _job(work, "no-such-program"), tmp_path)
+    rc, out = run_to_log(executor, _job(work, "no-such-program"), tmp_path)
     assert rc == 127 and "not found" in out
 
 
@@ -159,7 +123,7 @@ def test_environment_is_exactly_the_jobs_and_cwd_is_the_jobs(executor: DockerExe
     (work / "src").mkdir(parents=True)
     job = PhaseJob("t", "build", "pwd > pwd.txt; cat /proc/$$/environ > ../env.bin",
                    work / "src", base_env({"MARK": "one two", "EMPTY": ""}), writable=(work,))
-    rc, out = _run(executor, job, tmp_path)
+    rc, out = run_to_log(executor, job, tmp_path)
     assert rc == 0, out
     assert (work / "src" / "pwd.txt").read_text() == f"{work / 'src'}\n"
     raw = (work / "env.bin").read_bytes().split(b"\0")
@@ -179,7 +143,7 @@ def test_writable_folder_is_writable_and_readonly_is_not(executor: DockerExecuto
               f"echo evil > {sysroot}/usr/lib/libc.a")
     job = PhaseJob("t", "build", script, work, base_env(), writable=(work,),
                    readonly=(sysroot,))
-    rc, out = _run(executor, job, tmp_path)
+    rc, out = run_to_log(executor, job, tmp_path)
     assert rc != 0
     assert "real\n" in out and "Read-only file system" in out
     assert (sysroot / "usr/lib/libc.a").read_text() == "real\n"
@@ -192,8 +156,9 @@ def test_writable_folder_is_writable_and_readonly_is_not(executor: DockerExecuto
 def test_image_is_not_changed_by_a_phase(executor: DockerExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    assert _run(executor, _job(work, "rm -f /usr/bin/make; touch /etc/evil"), tmp_path)[0] == 0
-    rc, out = _run(executor, _job(work, "test -x /usr/bin/make; test ! -e /etc/evil; "
+    rc, _ = run_to_log(executor, _job(work, "rm -f /usr/bin/make; touch /etc/evil"), tmp_path)
+    assert rc == 0
+    rc, out = run_to_log(executor, _job(work, "test -x /usr/bin/make; test ! -e /etc/evil; "
                                         "printf '#!/bin/sh\\necho exec-tmp\\n' > /tmp/t.sh; "
                                         "chmod +x /tmp/t.sh; /tmp/t.sh"), tmp_path)
     assert rc == 0, out
@@ -214,14 +179,14 @@ def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
         # implicit slot and runs the three jobs one after another.
         for _ in range(3):
             assert js.acquire(timeout=1)
-        rc, out = _run(executor, job, tmp_path)
+        rc, out = run_to_log(executor, job, tmp_path)
         assert rc == 0, out
         assert "jobserver unavailable" not in out
         assert overlap(work) < 0.2
         # Two tokens back: all three run at once, and give the tokens back.
         js.release()
         js.release()
-        rc, out = _run(executor, job, tmp_path)
+        rc, out = run_to_log(executor, job, tmp_path)
         assert rc == 0, out
         assert overlap(work) > 1.5
         assert js.available() == 2
@@ -231,11 +196,11 @@ def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
 def test_no_network_unless_the_job_asks(executor: DockerExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    server = _Server()
+    server = RecordingServer()
     try:
         script = (f"cat /proc/net/dev; "
                   f"bash -c 'echo hello-server > /dev/tcp/127.0.0.1/{server.port}'")
-        rc, out = _run(executor, _job(work, script), tmp_path)
+        rc, out = run_to_log(executor, _job(work, script), tmp_path)
         assert rc != 0
         assert "Connection refused" in out or "unreachable" in out
         interfaces = [line.split(":")[0].strip() for line in out.splitlines()
@@ -244,7 +209,7 @@ def test_no_network_unless_the_job_asks(executor: DockerExecutor, tmp_path: Path
         time.sleep(0.3)
         assert server.received == []
         # With the network on (compiles to the distcc farm) the same phase reaches it.
-        rc, out = _run(executor, _job(work, script, network=True), tmp_path)
+        rc, out = run_to_log(executor, _job(work, script, network=True), tmp_path)
         assert rc == 0, out
         deadline = time.monotonic() + 5
         while not server.received and time.monotonic() < deadline:
@@ -331,7 +296,7 @@ def test_terminate_kills_a_running_phase_and_its_container(executor: DockerExecu
     work.mkdir()
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(
-        _run(executor, _job(work, "touch started; sleep 600 & sleep 600"), tmp_path)[0]))
+        run_to_log(executor, _job(work, "touch started; sleep 600 & sleep 600"), tmp_path)[0]))
     t.start()
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
@@ -347,7 +312,7 @@ def test_terminate_kills_a_running_phase_and_its_container(executor: DockerExecu
     assert "sleep 600" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                              text=True).stdout
     # One executor serves a whole session: it still runs phases afterwards.
-    assert _run(executor, _job(work, "true"), tmp_path)[0] == 0
+    assert run_to_log(executor, _job(work, "true"), tmp_path)[0] == 0
 
 
 def test_a_phase_ignoring_sigterm_is_killed_after_the_grace(executor: DockerExecutor,
@@ -356,7 +321,7 @@ def test_a_phase_ignoring_sigterm_is_killed_after_the_grace(executor: DockerExec
     work.mkdir()
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(
-        _run(executor, _job(work, "trap '' TERM; touch started; sleep 600"), tmp_path)[0]))
+        run_to_log(executor, _job(work, "trap '' TERM; touch started; sleep 600"), tmp_path)[0]))
     t.start()
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
@@ -375,7 +340,7 @@ def test_phases_carry_labels(executor: DockerExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     seen: list[dict[str, str]] = []
-    t = threading.Thread(target=lambda: _run(
+    t = threading.Thread(target=lambda: run_to_log(
         executor, PhaseJob("curl", "check", "touch started; sleep 600", work, base_env(),
                            writable=(work,)), tmp_path))
     t.start()
@@ -524,7 +489,7 @@ def test_machine_with_only_the_loaded_image_finds_it_by_manifest(
         ex.check()
         work = tmp_path / "work"
         work.mkdir()
-        assert _run(ex, _job(work, "test -x /usr/bin/clang"), tmp_path)[0] == 0
+        assert run_to_log(ex, _job(work, "test -x /usr/bin/clang"), tmp_path)[0] == 0
     finally:
         client.images.remove("iglubuild-toolchain:10ad000000000000")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from iglubuild.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
 from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
-from tests.make_probe import MAKEFILE, overlap
+from tests.sandbox_support import MAKEFILE, RecordingServer, overlap, run_to_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -33,11 +32,6 @@ def _job(work: Path, script: str, **kw: object) -> PhaseJob:
                     writable=(work,), **kw)  # type: ignore[arg-type]
 
 
-def _run(ex: ChrootExecutor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
-    log = tmp_path / "phase.log"
-    with open(log, "wb") as fh:
-        rc = ex.run_phase(job, fh)
-    return rc, log.read_text(errors="replace")
 
 
 def test_make_in_the_chroot_shares_the_runs_jobserver(executor: ChrootExecutor,
@@ -54,14 +48,14 @@ def test_make_in_the_chroot_shares_the_runs_jobserver(executor: ChrootExecutor,
         # slot and runs the three jobs one after another.
         for _ in range(3):
             assert js.acquire(timeout=1)
-        rc, out = _run(executor, job, tmp_path)
+        rc, out = run_to_log(executor, job, tmp_path)
         assert rc == 0, out
         assert "jobserver unavailable" not in out
         assert overlap(work) < 0.2
         # Two tokens back: all three run at once, and make gives them back.
         js.release()
         js.release()
-        rc, out = _run(executor, job, tmp_path)
+        rc, out = run_to_log(executor, job, tmp_path)
         assert rc == 0, out
         assert overlap(work) > 1.5
         assert js.available() == 2
@@ -83,7 +77,7 @@ def test_musl_hello_compiled_in_chroot_runs_on_host(
     )
     job = PhaseJob("hello", "build", script, work, base_env(), writable=(work,),
                    readonly=(musl_sysroot,))
-    rc, out = _run(executor, job, tmp_path)
+    rc, out = run_to_log(executor, job, tmp_path)
     assert rc == 0, out
     static = subprocess.run([work / "hello-static"], capture_output=True, text=True)
     assert static.stdout == "hello from musl\n"
@@ -103,58 +97,27 @@ def test_sysroot_is_read_only_inside(
     work.mkdir()
     job = PhaseJob("t", "build", f"touch {musl_sysroot}/usr/lib/evil", work, base_env(),
                    writable=(work,), readonly=(musl_sysroot,))
-    rc, out = _run(executor, job, tmp_path)
+    rc, out = run_to_log(executor, job, tmp_path)
     assert rc != 0
     assert "Read-only file system" in out
     assert not (musl_sysroot / "usr/lib/evil").exists()
 
 
-class _Server:
-    """A real TCP server on the host's 127.0.0.1 that records what it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(100))
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop = True
-        self.thread.join()
-        self.sock.close()
 
 
 def test_phase_cannot_reach_host_server(executor: ChrootExecutor, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    server = _Server()
+    server = RecordingServer()
     try:
         script = f"bash -c 'echo hello-server > /dev/tcp/127.0.0.1/{server.port}'"
-        rc, out = _run(executor, _job(work, script), tmp_path)
+        rc, out = run_to_log(executor, _job(work, script), tmp_path)
         assert rc != 0
         assert "Connection refused" in out or "unreachable" in out
         time.sleep(0.3)
         assert server.received == []
         # The same phase with the network left on reaches it: the test can fail.
-        rc, out = _run(executor, _job(work, script, network=True), tmp_path)
+        rc, out = run_to_log(executor, _job(work, script, network=True), tmp_path)
         assert rc == 0, out
         deadline = time.monotonic() + 5
         while not server.received and time.monotonic() < deadline:
@@ -175,7 +138,7 @@ def test_loopback_inside_works(executor: ChrootExecutor, tmp_path: Path) -> None
         'else { $k = IO::Socket::INET->new("127.0.0.1:7777") or die "$!"; print $k "over lo\\n" }\n'
     )
     script = "perl lo.pl"
-    rc, out = _run(executor, _job(work, script), tmp_path)
+    rc, out = run_to_log(executor, _job(work, script), tmp_path)
     assert rc == 0, out
     assert "over lo" in out
 
@@ -185,9 +148,9 @@ def test_exit_status_tells_a_signal_from_exit_128_plus_n(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    assert _run(executor, _job(work, "exit 143"), tmp_path)[0] == 143
-    assert _run(executor, _job(work, "kill -SEGV $$"), tmp_path)[0] == -signal.SIGSEGV
-    assert _run(executor, _job(work, "no-such-program"), tmp_path)[0] == 127
+    assert run_to_log(executor, _job(work, "exit 143"), tmp_path)[0] == 143
+    assert run_to_log(executor, _job(work, "kill -SEGV $$"), tmp_path)[0] == -signal.SIGSEGV
+    assert run_to_log(executor, _job(work, "no-such-program"), tmp_path)[0] == 127
 
 
 def test_terminate_stops_a_running_phase(executor: ChrootExecutor, tmp_path: Path) -> None:
@@ -195,7 +158,7 @@ def test_terminate_stops_a_running_phase(executor: ChrootExecutor, tmp_path: Pat
     work.mkdir()
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(
-        _run(executor, _job(work, "touch started; sleep 600"), tmp_path)[0]))
+        run_to_log(executor, _job(work, "touch started; sleep 600"), tmp_path)[0]))
     t.start()
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
@@ -207,7 +170,7 @@ def test_terminate_stops_a_running_phase(executor: ChrootExecutor, tmp_path: Pat
     assert not t.is_alive() and time.monotonic() - start < 5
     assert result == [-signal.SIGTERM]
     # The executor still runs phases afterwards (one executor serves a whole session).
-    assert _run(executor, _job(work, "true"), tmp_path)[0] == 0
+    assert run_to_log(executor, _job(work, "true"), tmp_path)[0] == 0
 
 
 def test_pid_namespace_and_no_leftover_processes(
@@ -218,7 +181,7 @@ def test_pid_namespace_and_no_leftover_processes(
     marker = f"sleep 1234.{os.getpid()}"
     script = (f"cat /proc/1/cmdline | tr '\\0' ' '; echo; ({marker} &) ; echo started;"
               "echo dev: $(ls /dev); echo host: $(cat /proc/sys/kernel/hostname)")
-    rc, out = _run(executor, _job(work, script), tmp_path)
+    rc, out = run_to_log(executor, _job(work, script), tmp_path)
     assert rc == 0, out
     assert "_nsinit.py" in out  # PID 1 is our init, not the host's
     assert "host: iglubuild" in out  # a UTS namespace: the machine's name does not leak

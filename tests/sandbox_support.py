@@ -1,0 +1,72 @@
+"""What the chroot and docker executor tests both use to probe a sandbox.
+
+- `run_to_log`: run one phase, return its status and log text.
+- `RecordingServer`: a real TCP server on the host's 127.0.0.1, to show that
+  a phase without network cannot reach it.
+- `MAKEFILE` and `overlap`: three 1-second make jobs that show whether make
+  inside a sandbox joins the run's jobserver (with no free token it runs them
+  one after another, with two free tokens all three at once).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from iglubuild.executor import Executor, PhaseJob
+
+
+def run_to_log(ex: Executor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
+    """Run `job` with `ex`; its exit status and the text of its log."""
+    log = tmp_path / "phase.log"
+    with open(log, "wb") as fh:
+        rc = ex.run_phase(job, fh)
+    return rc, log.read_text(errors="replace")
+
+
+class RecordingServer:
+    """A real TCP server on the host's 127.0.0.1 that records what it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(100))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join()
+        self.sock.close()
+
+MAKEFILE = """\
+all: a b c
+a b c:
+\t@date +%s.%N > $@.start; sleep 1; date +%s.%N > $@.end
+"""
+
+
+def overlap(work: Path) -> float:
+    """Seconds the three jobs ran at the same time as another (0 when serial)."""
+    spans = [(float((work / f"{t}.start").read_text()), float((work / f"{t}.end").read_text()))
+             for t in "abc"]
+    return sum(max(0.0, min(e1, e2) - max(s1, s2))
+               for i, (s1, e1) in enumerate(spans) for (s2, e2) in spans[i + 1:])
