@@ -1,6 +1,7 @@
 # iglubuild — developer entry points. Run as root on Debian 12.
 PYTHON ?= python3
-DISTFILES ?= $(abspath ../shared/distfiles)
+# The shared upstream tarballs: beside the project, or where the tests also look.
+DISTFILES ?= $(firstword $(wildcard $(abspath ../shared/distfiles) /work/shared/distfiles))
 MIRROR_ARGS = $(if $(wildcard $(DISTFILES)),--mirror file://$(DISTFILES),)
 APT_PACKAGES = clang lld libclang-rt-14-dev debootstrap docker.io distcc \
 	qemu-system-x86 ovmf systemd-boot-efi mtools dosfstools fdisk e2fsprogs \
