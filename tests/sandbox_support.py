@@ -3,9 +3,9 @@
 - `run_to_log`: run one phase, return its status and log text.
 - `RecordingServer`: a real TCP server on the host's 127.0.0.1, to show that
   a phase without network cannot reach it.
-- `MAKEFILE` and `overlap`: three 1-second make jobs that show whether make
-  inside a sandbox joins the run's jobserver (with no free token it runs them
-  one after another, with two free tokens all three at once).
+- `check_make_shares_the_runs_jobserver`: three 1-second make jobs show
+  whether make inside a sandbox joins the run's jobserver (with no free token
+  it runs them one after another, with two free tokens all three at once).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from iglubuild.executor import Executor, PhaseJob
+from iglubuild.run import base_env
 
 
 def run_to_log(ex: Executor, job: PhaseJob, tmp_path: Path) -> tuple[int, str]:
@@ -57,16 +58,50 @@ class RecordingServer:
         self.thread.join()
         self.sock.close()
 
-MAKEFILE = """\
+_MAKEFILE = """\
 all: a b c
 a b c:
 \t@date +%s.%N > $@.start; sleep 1; date +%s.%N > $@.end
 """
 
 
-def overlap(work: Path) -> float:
+def _overlap(work: Path) -> float:
     """Seconds the three jobs ran at the same time as another (0 when serial)."""
     spans = [(float((work / f"{t}.start").read_text()), float((work / f"{t}.end").read_text()))
              for t in "abc"]
     return sum(max(0.0, min(e1, e2) - max(s1, s2))
                for i, (s1, e1) in enumerate(spans) for (s2, e2) in spans[i + 1:])
+
+
+def check_make_shares_the_runs_jobserver(ex: Executor, tmp_path: Path) -> None:
+    """make in a phase of `ex` takes the run's jobserver tokens, no more, no fewer.
+
+    The executor gets the jobserver's descriptors as the build engine gives
+    them (`pass_fds`) and the phase its MAKEFLAGS.
+    """
+    from iglubuild.jobserver import Jobserver
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Makefile").write_text(_MAKEFILE)
+    with Jobserver(3) as js:
+        ex.pass_fds = js.pass_fds  # type: ignore[attr-defined]
+        try:
+            job = PhaseJob("t", "build", "make", work, base_env(js.env()), writable=(work,))
+            # The host holds every token: make in the sandbox has only its
+            # implicit slot and runs the three jobs one after another.
+            for _ in range(3):
+                assert js.acquire(timeout=1)
+            rc, out = run_to_log(ex, job, tmp_path)
+            assert rc == 0, out
+            assert "jobserver unavailable" not in out
+            assert _overlap(work) < 0.2
+            # Two tokens back: all three run at once, and make gives them back.
+            js.release()
+            js.release()
+            rc, out = run_to_log(ex, job, tmp_path)
+            assert rc == 0, out
+            assert _overlap(work) > 1.5
+            assert js.available() == 2
+        finally:
+            ex.pass_fds = ()  # type: ignore[attr-defined]

@@ -32,7 +32,11 @@ from iglubuild.run import base_env
 from iglubuild.settings import Settings
 from tests.conftest import DISTFILES, REPO_ROOT
 from tests.engine_support import MUSL_TARBALL, musl_recipe_text, write_recipe
-from tests.sandbox_support import MAKEFILE, RecordingServer, overlap, run_to_log
+from tests.sandbox_support import (
+    RecordingServer,
+    check_make_shares_the_runs_jobserver,
+    run_to_log,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -167,30 +171,7 @@ def test_image_is_not_changed_by_a_phase(executor: DockerExecutor, tmp_path: Pat
 
 def test_make_in_a_container_shares_the_runs_jobserver(executor: DockerExecutor,
                                                        tmp_path: Path) -> None:
-    from iglubuild.jobserver import Jobserver
-
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "Makefile").write_text(MAKEFILE)
-    with Jobserver(3) as js:
-        executor.pass_fds = js.pass_fds
-        job = PhaseJob("t", "build", "make", work, base_env(js.env()), writable=(work,))
-        # The host holds every token: make in the container has only its
-        # implicit slot and runs the three jobs one after another.
-        for _ in range(3):
-            assert js.acquire(timeout=1)
-        rc, out = run_to_log(executor, job, tmp_path)
-        assert rc == 0, out
-        assert "jobserver unavailable" not in out
-        assert overlap(work) < 0.2
-        # Two tokens back: all three run at once, and give the tokens back.
-        js.release()
-        js.release()
-        rc, out = run_to_log(executor, job, tmp_path)
-        assert rc == 0, out
-        assert overlap(work) > 1.5
-        assert js.available() == 2
-        executor.pass_fds = ()
+    check_make_shares_the_runs_jobserver(executor, tmp_path)
 
 
 def test_no_network_unless_the_job_asks(executor: DockerExecutor, tmp_path: Path) -> None:

@@ -17,7 +17,11 @@ from iglubuild.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
 from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
-from tests.sandbox_support import MAKEFILE, RecordingServer, overlap, run_to_log
+from tests.sandbox_support import (
+    RecordingServer,
+    check_make_shares_the_runs_jobserver,
+    run_to_log,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -36,29 +40,7 @@ def _job(work: Path, script: str, **kw: object) -> PhaseJob:
 
 def test_make_in_the_chroot_shares_the_runs_jobserver(executor: ChrootExecutor,
                                                      tmp_path: Path) -> None:
-    from iglubuild.jobserver import Jobserver
-
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "Makefile").write_text(MAKEFILE)
-    with Jobserver(3) as js:
-        executor.pass_fds = js.pass_fds
-        job = PhaseJob("t", "build", "make", work, base_env(js.env()), writable=(work,))
-        # The host holds every token: make in the chroot has only its implicit
-        # slot and runs the three jobs one after another.
-        for _ in range(3):
-            assert js.acquire(timeout=1)
-        rc, out = run_to_log(executor, job, tmp_path)
-        assert rc == 0, out
-        assert "jobserver unavailable" not in out
-        assert overlap(work) < 0.2
-        # Two tokens back: all three run at once, and make gives them back.
-        js.release()
-        js.release()
-        rc, out = run_to_log(executor, job, tmp_path)
-        assert rc == 0, out
-        assert overlap(work) > 1.5
-        assert js.available() == 2
+    check_make_shares_the_runs_jobserver(executor, tmp_path)
 
 
 def test_musl_hello_compiled_in_chroot_runs_on_host(
