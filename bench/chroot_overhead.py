@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iglubuild import buildroot  # noqa: E402
-from iglubuild.chroot import ChrootExecutor  # noqa: E402
 from iglubuild.executor import PhaseJob  # noqa: E402
+from iglubuild.executors.chroot import ChrootExecutor  # noqa: E402
 from iglubuild.run import base_env  # noqa: E402
 
 TARGET_OVERHEAD_S = 0.5

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from iglubuild.chroot import (
+from iglubuild.errors import BuildError, UsageError
+from iglubuild.executors.sandbox import (
     base_mounts,
     remove_scratch,
     require_root,
     sandbox_argv,
     write_spec,
 )
-from iglubuild.errors import BuildError, UsageError
 from iglubuild.run import CommandError, base_env, require_tool, run
 from iglubuild.settings import Settings
 

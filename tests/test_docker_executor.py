@@ -414,8 +414,8 @@ def _untag(ident: str, toolchain_image) -> None:  # type: ignore[no-untyped-def]
 
 def test_same_toolchain_id_as_the_chroot_executor(toolchain_image, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from iglubuild.chroot import ChrootExecutor
     from iglubuild.executors import make_executor
+    from iglubuild.executors.chroot import ChrootExecutor
 
     monkeypatch.chdir(REPO_ROOT)
     ident = _project_build_dir(tmp_path / "build", toolchain_image)

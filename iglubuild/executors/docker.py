@@ -53,6 +53,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from iglubuild.errors import BuildError, ToolMissingError
 from iglubuild.executor import Mount, PhaseJob
+
+# The same host name as the chroot executor. (With host networking Docker keeps
+# the machine's UTS namespace, so the container's hostname is set explicitly.)
+from iglubuild.executors import HOSTNAME, TERM_GRACE_SECONDS, check_phase_folders
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:
@@ -63,10 +67,6 @@ log = logging.getLogger("iglubuild.executors.docker")
 SHELL = "/bin/sh"
 BASH = "/bin/bash"
 ENV_TOOL = "/usr/bin/env"
-TERM_GRACE_SECONDS = 3.0
-# Same host name as the chroot executor: nothing a build embeds depends on
-# where it ran. (With host networking Docker keeps the machine's UTS namespace.)
-HOSTNAME = "iglubuild"
 # Variables the engine puts into every container's environment on its own.
 _ENGINE_ADDED = ("HOSTNAME", "HOME")
 
@@ -171,10 +171,6 @@ class DockerExecutor:
         ref = image_ref(tid) if image_ref(tid) in newest.tags else newest.tags[0]
         return ref, tid
 
-    def describe(self) -> str:
-        return (f"docker: image {self.image}; one container per phase, "
-                "network none (host for the distcc farm), binds at host paths")
-
     # ------------------------------------------------------------------ checks
 
     @property
@@ -222,10 +218,7 @@ class DockerExecutor:
         Like the chroot executor: host folders at their own paths, the cwd
         writable if no writable folder holds it, a private tmpfs on /tmp.
         """
-        for p in (*job.writable, *job.readonly):
-            if not p.is_absolute() or not p.exists():
-                raise BuildError(f"{job.package} {job.phase}: cannot mount {p}: no such folder",
-                                 hint="folders given to a phase must exist and be absolute")
+        check_phase_folders(job)
         writable = list(job.writable)
         if not any(job.cwd == w or w in job.cwd.parents for w in writable):
             writable.append(job.cwd)

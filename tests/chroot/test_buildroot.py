@@ -79,7 +79,7 @@ def test_needs_root_is_one_line(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/usr/bin/python3").exists():
         pytest.skip("needs root to drop to nobody, and /usr/bin/python3")
     code = ("from pathlib import Path\n"
-            "from iglubuild.chroot import ChrootExecutor\n"
+            "from iglubuild.executors.chroot import ChrootExecutor\n"
             "from iglubuild.errors import NeedsRootError\n"
             "try:\n ChrootExecutor(Path('/'), 'x', Path('/tmp')).check()\n"
             "except NeedsRootError as e: print(e.exit_code, e.message)\n")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from iglubuild.buildroot import BuildRoot
-from iglubuild.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
+from iglubuild.executors.chroot import ChrootExecutor
 from iglubuild.run import base_env
 from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
 from tests.sandbox_support import (
@@ -176,7 +176,7 @@ def test_pid_namespace_and_no_leftover_processes(
 DRIVER = """
 import sys
 from pathlib import Path
-from iglubuild.chroot import ChrootExecutor
+from iglubuild.executors.chroot import ChrootExecutor
 from iglubuild.executor import PhaseJob
 from iglubuild.run import base_env
 root, scratch, work, script = sys.argv[1:5]

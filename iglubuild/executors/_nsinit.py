@@ -12,7 +12,7 @@ this process exits the kernel kills everything left in the namespace; the
 mount namespace (and with it every mount below) disappears with its last
 process, even after ``kill -9``.
 
-The SPEC is the sandbox as data, written by iglubuild.chroot with marshal
+The SPEC is the sandbox as data, written by iglubuild.executors.sandbox with marshal
 (same interpreter on both sides, and no import cost):
 ``{"root": ..., "mounts": [{kind, target, source, readonly, options}], "argv": [...],
 "cwd": ..., "env": {...}, "loopback": bool}``. Mount targets are paths inside the
