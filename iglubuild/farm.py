@@ -162,12 +162,13 @@ def docker_client() -> docker.DockerClient:
 
 
 def _swarm_state(client: docker.DockerClient) -> dict[str, Any]:
-    return client.info().get("Swarm", {})
+    swarm: dict[str, Any] = client.info().get("Swarm", {})
+    return swarm
 
 
 def _node_address(node_attrs: Mapping[str, Any]) -> str:
     """The address a node's host-networked volunteers are reached at."""
-    addr = node_attrs.get("Status", {}).get("Addr", "")
+    addr = str(node_attrs.get("Status", {}).get("Addr", ""))
     if not addr or addr == "0.0.0.0":
         # Managers sometimes report 0.0.0.0; their advertised address is exact.
         manager = node_attrs.get("ManagerStatus", {}).get("Addr", "")
@@ -196,12 +197,13 @@ def state_path(settings: Settings) -> Path:
 def _read_state(settings: Settings) -> dict[str, Any]:
     path = state_path(settings)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise FarmError(f"{path}: unreadable farm state ({exc})",
                         hint="remove the file if no farm is running") from exc
+    return state
 
 
 def _write_state(settings: Settings, state: Mapping[str, Any]) -> None:
@@ -256,7 +258,7 @@ def default_toolchain_image(client: docker.DockerClient) -> str:
                         hint="run `iglubuild toolchain image` (or --load FILE) first")
     images.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
     tags = images[0].tags
-    return tags[0] if tags else images[0].id
+    return str(tags[0] if tags else images[0].id)
 
 
 def ensure_swarm(client: docker.DockerClient, settings: Settings, cfg: FarmConfig) -> bool:
@@ -401,7 +403,7 @@ def farm_up(settings: Settings, cfg: FarmConfig) -> list[Volunteer]:
 def _same_volunteers(current: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     """Does the running service already start volunteers exactly as `spec` would?"""
     cs = current.get("TaskTemplate", {}).get("ContainerSpec", {})
-    return (cs.get("Image", "").split("@")[0] == spec["image"]
+    return bool(cs.get("Image", "").split("@")[0] == spec["image"]
             and cs.get("Command") == spec["command"]
             and cs.get("Env") == spec["env"]
             and (current.get("Labels") or {}) == spec["labels"])

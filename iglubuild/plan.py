@@ -260,17 +260,6 @@ class StateStore:
                 return Path(path)
         return None
 
-    def last_toolchain_id(self) -> str | None:
-        """The toolchain id of the most recent build recorded here, if any."""
-        newest: Record | None = None
-        if self.dir.is_dir():
-            for entry in os.scandir(self.dir):
-                if entry.name.endswith(".json") and not entry.name.startswith("."):
-                    record = self.load(entry.name[: -len(".json")])
-                    if record and (newest is None or record.finished > newest.finished):
-                        newest = record
-        return str(newest.inputs.get("toolchain")) if newest else None
-
     def write(self, record: Record) -> None:
         """Write a record atomically: temporary file in the same folder, then rename.
 

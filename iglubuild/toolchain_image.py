@@ -116,7 +116,7 @@ def _check_image(client: docker.DockerClient, ref: str) -> str:
         raise ImageError(f"the build root cannot run a distcc volunteer: {detail}",
                          hint="the root needs clang, lld and distcc installed "
                               "(and update-distcc-symlinks run)") from exc
-    return out.decode(errors="replace").strip()
+    return bytes(out).decode(errors="replace").strip()
 
 
 def save_image(ref: str, dest: Path, client: docker.DockerClient | None = None) -> Path:
@@ -177,13 +177,10 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
 def default_tarball(settings: Settings) -> tuple[Path, str | None]:
     """The current build root as a tarball (exported on first use) and its id.
 
-    Uses iglubuild.buildroot when present; otherwise a tarball already
-    exported to <build-dir>/toolchain/buildroot.tar.
+    The tarball is keyed by the root's id, so a new build root gets a new one.
     """
-    try:
-        from iglubuild import buildroot  # type: ignore[attr-defined]
-    except ImportError:
-        return settings.build_dir / "toolchain" / "buildroot.tar", None
+    from iglubuild import buildroot
+
     root = buildroot.current_root(settings)
     tarball = settings.build_dir / "toolchain" / f"{root.id}.tar"
     if not tarball.exists():

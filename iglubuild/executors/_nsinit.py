@@ -21,7 +21,7 @@ new root.
 
 # Only modules that are cheap to import: this runs once per phase, and the
 # pure-Python json, socket and signal modules (enum, re) cost tens of ms.
-import _signal as signal
+import _signal as signal  # type: ignore[import-not-found]
 import _socket
 import ctypes
 import fcntl
@@ -29,6 +29,7 @@ import marshal
 import os
 import struct
 import sys
+from typing import Any, NoReturn
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -54,13 +55,14 @@ _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                         ctypes.c_ulong, ctypes.c_char_p)
 
 
-def fail(message):
+def fail(message: str) -> NoReturn:
     sys.stderr.write(f"iglubuild sandbox: {message}\n")
     sys.stderr.flush()
     os._exit(125)
 
 
-def mount(source, target, fstype, flags=0, data=None):
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
     rc = _libc.mount(
         source.encode() if source else None,
         target.encode(),
@@ -73,18 +75,18 @@ def mount(source, target, fstype, flags=0, data=None):
         fail(f"mount {fstype or 'bind'} {source or ''} on {target}: {os.strerror(err)}")
 
 
-def ensure_dir(path):
+def ensure_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def ensure_file(path):
+def ensure_file(path: str) -> None:
     ensure_dir(os.path.dirname(path))
     if not os.path.exists(path):
         with open(path, "a"):
             pass
 
 
-def bind(source, target, readonly):
+def bind(source: str, target: str, readonly: bool) -> None:
     if os.path.isdir(source):
         ensure_dir(target)
     else:
@@ -94,7 +96,7 @@ def bind(source, target, readonly):
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
-def do_mount(root, m):
+def do_mount(root: str, m: dict[str, Any]) -> None:
     kind = m["kind"]
     # Targets are paths inside the new root; the root mount itself targets "/".
     target = os.path.join(root, m["target"].lstrip("/")) if kind != "overlay" else root
@@ -139,7 +141,7 @@ def do_mount(root, m):
         mount(None, target, None, MS_REMOUNT | MS_RDONLY)
 
 
-def loopback_up():
+def loopback_up() -> None:
     # SIOCGIFFLAGS / SIOCSIFFLAGS on "lo": a fresh network namespace has only
     # a loopback interface, and it starts down.
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
@@ -151,7 +153,7 @@ def loopback_up():
         sock.close()
 
 
-def main():
+def main() -> None:
     with open(sys.argv[1], "rb") as fh:
         spec = marshal.load(fh)
     root = spec["root"]
@@ -178,7 +180,7 @@ def main():
             sys.stderr.write(f"iglubuild sandbox: {spec['argv'][0]}: {exc}\n")
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(child, signum)
         except ProcessLookupError:
@@ -191,7 +193,7 @@ def main():
     for sig in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
 
-    status = None
+    status: int | None = None
     while True:
         try:
             pid, wstatus = os.wait()
@@ -210,8 +212,8 @@ def main():
     # signal N would only show as exit 128+N, like a script's own exit 128+N.
     # The status file tells the two apart for iglubuild.
     if spec.get("status_file"):
-        with open(spec["status_file"], "w") as fh:
-            fh.write(f"{code}\n")
+        with open(spec["status_file"], "w") as out:
+            out.write(f"{code}\n")
     os._exit(128 - code if code < 0 else code)
 
 
