@@ -62,6 +62,8 @@ class Executor(Protocol):
     """Runs phases. Implementations: host (default), chroot, docker."""
 
     name: str
+    # Descriptors every phase inherits (the run's make jobserver), set by the engine.
+    pass_fds: tuple[int, ...]
 
     def check(self) -> None:
         """Raise a one-line IglubuildError if this executor cannot run here (root, tools)."""

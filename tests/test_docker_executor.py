@@ -221,7 +221,7 @@ def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
     127.0.0.1, with local fallback off, and distcc's state folder is writable."""
     from dataclasses import replace
 
-    from iglubuild.build import build_package
+    from iglubuild.build import BuildJob, build_package
     from iglubuild.farm import read_stats
     from iglubuild.recipe import load_tree
     from iglubuild.target import load_target
@@ -261,8 +261,8 @@ def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
         lr = load_tree(recipes).recipes["remote"]
         # f.c needs no C library: leave musl out of the sysroot.
         target = replace(load_target(), implicit_build_deps=())
-        artifacts = build_package(lr, settings, executor, [], "sig", target=target,
-                                  launcher=("distcc",), extra_env=farm_env)
+        artifacts = build_package(BuildJob(lr, settings, executor, [], "sig", target=target,
+                                           launcher=("distcc",), extra_env=farm_env))
         assert [a.name for a in artifacts] == ["remote-1-r1.x86_64.tar.zst"]
         assert int(read_stats("127.0.0.1", port + 1)["dcc_compile_ok"]) == 1
         assert (distcc_dir / "lock").is_dir()  # distcc's state, written from the container

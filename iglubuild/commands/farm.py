@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from iglubuild import farm
+from iglubuild import docker_engine, farm
 from iglubuild.errors import UsageError
 from iglubuild.settings import Settings
 from iglubuild.settings import add_arguments as add_global_arguments
@@ -80,7 +80,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{farm.SERVICE_NAME}: {len(volunteers)} volunteer(s)")
         for v in volunteers:
             print(f"  {v.address}:{v.port}  node {v.node}  slot {v.slot}")
-        print("other machines join with: " + farm.join_command(farm.docker_client()))
+        print("other machines join with: " + farm.join_command(docker_engine.docker_client()))
         return 0
     if action == "status":
         status = farm.farm_status(settings)

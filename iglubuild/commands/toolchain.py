@@ -110,17 +110,59 @@ def _path(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_args(parser: argparse.ArgumentParser) -> None:
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="tarball", metavar="TARBALL", type=Path,
+                        help="build root tarball (default: export the current build root)")
+    parser.add_argument("--toolchain-id", metavar="ID",
+                        help="tag to use (default: sha256 prefix of the tarball)")
+    parser.add_argument("--save", metavar="FILE", type=Path,
+                        help="also write the image to FILE for nodes without a registry")
+    parser.add_argument("--load", metavar="FILE", type=Path,
+                        help="load an image saved with --save instead of making one")
+    parser.add_argument("--push", metavar="REGISTRY", help="push the image to REGISTRY")
+
+
+
+def image_action(settings: Settings, args: argparse.Namespace) -> int:
+    """`iglubuild toolchain image`: make (or load) the image, then save/push it."""
     # Imported here: the image needs the Docker SDK, the other actions do not.
-    from iglubuild.toolchain_image import add_image_arguments
+    from iglubuild.toolchain_image import (
+        LABEL_MANIFEST,
+        ImageError,
+        create_image,
+        default_tarball,
+        load_image,
+        push_image,
+        save_image,
+    )
 
-    add_image_arguments(parser)
+    if args.load is not None:
+        if args.tarball is not None:
+            raise UsageError("--load and --from exclude each other",
+                             hint="--load FILE takes an image made elsewhere")
+        tags = load_image(args.load)
+        if not tags:
+            raise ImageError(f"{args.load} holds no tagged image")
+        ref = tags[0]
+        print(f"loaded {', '.join(tags)}")
+    else:
+        tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
+        labels = {}
+        if root_id is not None and not args.toolchain_id:
+            # Made from the current build root: say which manifest it comes
+            # from, for `--executor docker` on machines that only load the image.
+            from iglubuild import buildroot
 
-
-def _image(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild.toolchain_image import image_action
-
-    return image_action(settings, args)
+            labels[LABEL_MANIFEST] = buildroot.current_root(settings).manifest_digest
+        made = create_image(tarball, args.toolchain_id or root_id, labels=labels)
+        ref = made.ref
+        print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
+    if args.save is not None:
+        save_image(ref, args.save)
+        print(f"saved {ref} to {args.save}")
+    if args.push:
+        print(f"pushed {push_image(ref, args.push)}")
+    return 0
 
 
 ACTIONS: dict[str, Action] = {
@@ -134,7 +176,7 @@ ACTIONS: dict[str, Action] = {
                      _export_args, _export),
     "image": Action("import the build root into Docker as the toolchain image "
                     "(distcc farm, --executor docker)",
-                    _image_args, _image),
+                    add_image_arguments, image_action),
 }
 
 

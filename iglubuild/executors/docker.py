@@ -78,7 +78,7 @@ LABEL_OWNER = "iglubuild.owner"  # "<host name>:<pid>" of the iglubuild that mad
 
 def image_ref(toolchain_id: str) -> str:
     """The toolchain image `iglubuild toolchain image` makes for this toolchain id."""
-    from iglubuild.farm import IMAGE_REPOSITORY
+    from iglubuild.docker_engine import IMAGE_REPOSITORY
 
     return f"{IMAGE_REPOSITORY}:{toolchain_id}"
 
@@ -155,7 +155,7 @@ class DockerExecutor:
 
     def image_for_manifest(self, digest: str) -> tuple[str, str] | None:
         """(reference, toolchain id) of the newest image made from the manifest `digest`."""
-        from iglubuild.farm import LABEL_TOOLCHAIN
+        from iglubuild.docker_engine import LABEL_TOOLCHAIN
         from iglubuild.toolchain_image import LABEL_MANIFEST
 
         try:
@@ -176,11 +176,11 @@ class DockerExecutor:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            from iglubuild.farm import FarmError, docker_client
+            from iglubuild.docker_engine import EngineError, docker_client
 
             try:
                 self._client = docker_client()
-            except FarmError as exc:
+            except EngineError as exc:
                 raise ToolMissingError(
                     f"the docker executor {exc.message}",
                     hint="start dockerd (or set DOCKER_HOST to the engine's socket on this "
