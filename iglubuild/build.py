@@ -105,19 +105,17 @@ class PhaseFailed(BuildError):
             f"{package}: {phase} failed ({reason})",
             hint=f"the work folder is kept; after a fix, resume with --from {phase}"
             if phase in PHASES else f"see {paths.log}",
+            log=paths.log, work_dir=paths.work, tail=tail,
         )
         self.package = package
         self.phase = phase
-        self.log_path = paths.log
-        self.work_dir = paths.work
-        self.tail = tail
 
     def lines(self) -> list[str]:
         return [
             self.message,
-            f"last {len(self.tail)} lines of {self.log_path}:",
+            f"last {len(self.tail)} lines of {self.log}:",
             *(f"  | {line}" for line in self.tail),
-            f"log: {self.log_path}",
+            f"log: {self.log}",
             f"work folder: {self.work_dir}",
         ]
 

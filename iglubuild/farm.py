@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iglubuild.atomic import write_atomic
 from iglubuild.distcc import (
     FarmHosts,
     Volunteer,
@@ -126,9 +127,7 @@ def _read_state(settings: Settings) -> dict[str, Any]:
 def _write_state(settings: Settings, state: Mapping[str, Any]) -> None:
     path = state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- up

@@ -121,3 +121,7 @@ def test_scheduler_reports_a_failed_package(tmp_path: Path) -> None:
     assert code == 1
     assert "bad" in err and "exit status 2" in err
     assert (settings.logs_dir / "bad.log").is_file()
+    # The summary shows the end of the failed package's log, not only its path.
+    summary = err[err.index("failed: bad:"):]
+    assert "  | this one fails" in summary
+    assert "  | ==> [" in summary  # the engine's own notes are part of the tail

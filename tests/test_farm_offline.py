@@ -309,6 +309,6 @@ def test_failed_farm_build_keeps_distccs_warnings_in_its_log(tmp_path):
     assert failed.value.phase == "build"
     seen = recorder.tallies()
     assert (seen["doomed"].remote, seen["doomed"].local) == (0, 1)
-    log = failed.value.log_path.read_text()
+    log = failed.value.log.read_text()
     assert "distcc: Warning: failed to distribute f.c to 127.0.0.1:" in log
     assert "farm: 0 of 1 compiles remote on 0 volunteers, 1 local" in log
