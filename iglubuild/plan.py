@@ -55,6 +55,13 @@ SIGNATURE_SALT = b"iglubuild-signature-1\0"
 DEFAULT_ESTIMATE = 1.0  # seconds assumed for a package never built before
 
 
+class Result(StrEnum):
+    """How a package's last build ended, as its state record keeps it."""
+
+    BUILT = "built"
+    FAILED = "failed"
+
+
 class Status(StrEnum):
     UP_TO_DATE = "up-to-date"
     OUTDATED = "outdated"
@@ -184,7 +191,7 @@ class Record:
     """The outcome of a package's last build, as stored under <build-dir>/state/."""
 
     name: str
-    result: str  # "built" or "failed"
+    result: Result
     signature: str
     inputs: dict[str, Any]
     version: str = ""
@@ -211,7 +218,7 @@ class Record:
     def from_json(cls, data: Mapping[str, Any]) -> Record:
         return cls(
             name=str(data["name"]),
-            result=str(data["result"]),
+            result=Result(data["result"]),
             signature=str(data["signature"]),
             inputs=dict(data.get("inputs") or {}),
             version=str(data.get("version") or ""),
@@ -252,7 +259,7 @@ class StateStore:
         `<package>-<version>-r<release>.<arch>.tar.zst`.
         """
         record = self.load(recipe)
-        if record is None or record.result != "built":
+        if record is None or record.result is not Result.BUILT:
             return None
         prefix = f"{package}-{record.version}."
         for path in record.artifacts:
@@ -299,7 +306,7 @@ class PackagePlan:
         text = str(self.status)
         return f"{text} ({', '.join(self.reasons)})" if self.reasons else text
 
-    def new_record(self, result: str, *, duration: float, log: str | None = None,
+    def new_record(self, result: Result, *, duration: float, log: str | None = None,
                    artifacts: Iterable[str] = ()) -> Record:
         """The record to store after building this package."""
         return Record(
@@ -478,7 +485,7 @@ def make_plan(
 def _status(record: Record | None, inputs: Inputs, signature: str) -> tuple[Status, list[str]]:
     if record is None:
         return Status.NEVER_BUILT, []
-    if record.result != "built":
+    if record.result is not Result.BUILT:
         reasons = ["last build failed" + (f", log {record.log}" if record.log else "")]
         if record.signature != signature:
             reasons += [r + " since" for r in _reasons(record.inputs, inputs)]

@@ -37,7 +37,7 @@ from typing import Any
 
 from iglubuild.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildError, IglubuildError
 from iglubuild.jobserver import Jobserver
-from iglubuild.plan import Plan, StateStore, longest_path
+from iglubuild.plan import Plan, Result, StateStore, longest_path
 from iglubuild.progress import NullProgress, Progress
 
 BuildOne = Callable[[str], "Iterable[str | Path] | None"]
@@ -206,7 +206,7 @@ class _Run:
             self.summary.built.append(name)
             self.summary.durations[name] = seconds
             if self.state is not None:
-                self.state.write(pkg.new_record("built", duration=seconds,
+                self.state.write(pkg.new_record(Result.BUILT, duration=seconds,
                                                 artifacts=[str(a) for a in artifacts or ()]))
             self.progress.finish(name, "built", seconds)
             for dep in self.dependents[name]:
@@ -219,7 +219,7 @@ class _Run:
         failure = failure_from(name, exc)
         self.summary.failed[name] = failure
         if self.state is not None:
-            self.state.write(pkg.new_record("failed", duration=0.0,
+            self.state.write(pkg.new_record(Result.FAILED, duration=0.0,
                                             log=str(failure.log) if failure.log else None))
         self.progress.finish(name, "FAILED" + (f", log {failure.log}" if failure.log else ""),
                              0.0)

@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from typing import IO
 
 from iglubuild.errors import BuildError, UsageError
-from iglubuild.executor import Executor, PhaseJob
+from iglubuild.executor import Executor, ExecutorName, PhaseJob
 from iglubuild.run import TERM_GRACE_SECONDS, spawn, stop_all
 from iglubuild.settings import Settings
 
@@ -30,15 +30,15 @@ HOSTNAME = "iglubuild"
 
 def make_executor(settings: Settings) -> Executor:
     """The executor named by settings.executor."""
-    if settings.executor == "host":
+    if settings.executor == ExecutorName.HOST:
         from iglubuild.executors.host import HostExecutor
 
         return HostExecutor()
-    if settings.executor == "chroot":
+    if settings.executor == ExecutorName.CHROOT:
         from iglubuild.executors.chroot import ChrootExecutor
 
         return ChrootExecutor.from_settings(settings)
-    if settings.executor == "docker":
+    if settings.executor == ExecutorName.DOCKER:
         from iglubuild.executors.docker import make_docker_executor
 
         return make_docker_executor(settings)

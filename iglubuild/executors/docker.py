@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from iglubuild.errors import BuildError, ToolMissingError
-from iglubuild.executor import Mount, PhaseJob
+from iglubuild.executor import Mount, MountKind, PhaseJob
 
 # The same host name as the chroot executor. (With host networking Docker keeps
 # the machine's UTS namespace, so the container's hostname is set explicitly.)
@@ -94,7 +94,7 @@ def docker_mounts(mounts: Iterable[Mount]) -> list[Any]:
 
     out = []
     for m in mounts:
-        if m.kind == "bind" and m.source is not None:
+        if m.kind is MountKind.BIND and m.source is not None:
             out.append(docker.types.Mount(str(m.target), str(m.source), type="bind",
                                           read_only=m.readonly))
         else:
@@ -223,13 +223,13 @@ class DockerExecutor:
         if not any(job.cwd == w or w in job.cwd.parents for w in writable):
             writable.append(job.cwd)
         # Docker's tmpfs defaults to noexec; configure scripts run what they build in /tmp.
-        mounts = [Mount("tmpfs", Path("/tmp"), options=("mode=1777", "exec"))]
-        mounts += [Mount("bind", p, source=p) for p in writable]
-        mounts += [Mount("bind", p, source=p, readonly=True) for p in job.readonly]
+        mounts = [Mount(MountKind.TMPFS, Path("/tmp"), options=("mode=1777", "exec"))]
+        mounts += [Mount(MountKind.BIND, p, source=p) for p in writable]
+        mounts += [Mount(MountKind.BIND, p, source=p, readonly=True) for p in job.readonly]
         mounts += list(job.extra_mounts)
         fifo = self._jobserver_fifo()
         if fifo is not None:
-            mounts.append(Mount("bind", fifo, source=fifo))
+            mounts.append(Mount(MountKind.BIND, fifo, source=fifo))
         return sorted(mounts, key=lambda m: len(m.target.parts))
 
     def _jobserver_fifo(self) -> Path | None:
@@ -295,8 +295,9 @@ class DockerExecutor:
                 working_dir=str(job.cwd),
                 user="0:0",
                 init=True,
-                mounts=docker_mounts(m for m in mounts if m.kind != "tmpfs"),
-                tmpfs={str(m.target): ",".join(m.options) for m in mounts if m.kind == "tmpfs"},
+                mounts=docker_mounts(m for m in mounts if m.kind is not MountKind.TMPFS),
+                tmpfs={str(m.target): ",".join(m.options)
+                       for m in mounts if m.kind is MountKind.TMPFS},
                 labels={LABEL_EXECUTOR: self.name, LABEL_PACKAGE: job.package,
                         LABEL_PHASE: job.phase, LABEL_OWNER: self.owner},
                 # The log is read back while the phase runs; json-file stores

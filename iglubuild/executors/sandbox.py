@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from iglubuild.errors import BuildError, NeedsRootError
-from iglubuild.executor import Mount
+from iglubuild.executor import Mount, MountKind
 from iglubuild.executors import HOSTNAME
 from iglubuild.run import require_tool
 
@@ -77,9 +77,9 @@ def base_mounts(host_pts: bool = False) -> list[Mount]:
     """
     dev_opts = DEV_NODES + (("host-pts",) if host_pts else ())
     return [
-        Mount("proc", Path("/proc")),
-        Mount("dev", Path("/dev"), options=dev_opts),
-        Mount("tmpfs", Path("/tmp"), options=("mode=1777",)),
+        Mount(MountKind.PROC, Path("/proc")),
+        Mount(MountKind.DEV, Path("/dev"), options=dev_opts),
+        Mount(MountKind.TMPFS, Path("/tmp"), options=("mode=1777",)),
     ]
 
 
@@ -100,7 +100,7 @@ def phase_mounts(
     for p in (root, scratch):
         _overlay_safe(p)
     overlay = Mount(
-        "overlay",
+        MountKind.OVERLAY,
         Path("/"),
         source=root,
         options=(
@@ -109,8 +109,8 @@ def phase_mounts(
             f"workdir={scratch / 'work'}",
         ),
     )
-    binds = [Mount("bind", p, source=p) for p in writable]
-    binds += [Mount("bind", p, source=p, readonly=True) for p in readonly]
+    binds = [Mount(MountKind.BIND, p, source=p) for p in writable]
+    binds += [Mount(MountKind.BIND, p, source=p, readonly=True) for p in readonly]
     binds += list(extra)
     binds.sort(key=lambda m: len(m.target.parts))
     return [overlay, *base_mounts(host_pts), *binds]
@@ -118,6 +118,7 @@ def phase_mounts(
 
 def _mount_data(m: Mount) -> dict[str, object]:
     d = asdict(m)
+    d["kind"] = str(m.kind)  # marshal takes plain str only
     d["target"] = str(m.target)
     d["source"] = str(m.source) if m.source else None
     d["options"] = list(m.options)
