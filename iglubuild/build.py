@@ -347,7 +347,7 @@ class Engine:
     recipe tree, plan signatures, the shared jobserver, the post-build steps)
     and finds each package's dependency artifacts in the state records, which
     the scheduler writes the moment a dependency finishes. For
-    iglubuild.buildrun:
+    iglubuild.session:
 
         def make_builder(ctx: BuildContext) -> Builder:
             engine = Engine(settings, executor, tree, ctx.plan,

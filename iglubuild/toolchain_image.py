@@ -2,7 +2,7 @@
 
 The distcc volunteers must run the very clang local builds use, so their
 image is not pulled from anywhere: it is the build root (debootstrap + clang,
-lld, distcc; see iglubuild.buildroot) imported as a single layer through the
+lld, distcc; see iglubuild.toolchain_root) imported as a single layer through the
 Engine API's "create image from source", and tagged with the toolchain id.
 Nodes without a registry get it with --save / --load; --push sends it to a
 registry the nodes can pull from.
@@ -33,7 +33,7 @@ _CHECK_SCRIPT = (
     "[ -e /usr/lib/distcc/clang ] || { echo 'no /usr/lib/distcc/clang'; exit 1; }; "
     "clang --version | head -n 1"
 )
-# The sha256 of the build root manifest an image was made from (see iglubuild.buildroot).
+# The sha256 of the build root manifest an image was made from (see iglubuild.toolchain_root).
 LABEL_MANIFEST = "org.iglunix.toolchain-manifest"
 _IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -165,10 +165,10 @@ def default_tarball(settings: Settings) -> tuple[Path, str | None]:
 
     The tarball is keyed by the root's id, so a new build root gets a new one.
     """
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
-    root = buildroot.current_root(settings)
+    root = toolchain_root.current_root(settings)
     tarball = settings.build_dir / "toolchain" / f"{root.id}.tar"
     if not tarball.exists():
-        buildroot.export(root, tarball)
+        toolchain_root.export(root, tarball)
     return tarball, str(root.id)

@@ -91,8 +91,8 @@ def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
 
 def buildroot_tarball(cache: Path) -> Path:
     """A tarball of a build root: IGLUBUILD_TEST_BUILDROOT (dir or tar) or a fresh one
-    made from the project's manifest by iglubuild.buildroot."""
-    from iglubuild import buildroot
+    made from the project's manifest by iglubuild.toolchain_root."""
+    from iglubuild import toolchain_root
 
     given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
     tarball = cache / "buildroot.tar"
@@ -103,8 +103,9 @@ def buildroot_tarball(cache: Path) -> Path:
     if given:
         root = Path(given)
     else:
-        manifest = buildroot.load_manifest(Path(__file__).resolve().parents[1] / buildroot.MANIFEST)
-        root = buildroot.create(cache / "build", manifest)[0].path
+        project = Path(__file__).resolve().parents[1]
+        manifest = toolchain_root.load_manifest(project / toolchain_root.MANIFEST)
+        root = toolchain_root.create(cache / "build", manifest)[0].path
     tmp = tarball.with_suffix(".tmp")
     subprocess.run(["tar", "--numeric-owner", "-C", str(root), "--exclude=./proc/*",
                     "--exclude=./dev/*", "-cf", str(tmp), "."], check=True)

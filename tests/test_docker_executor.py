@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild import buildroot
+from iglubuild import toolchain_root
 from iglubuild.cli import main
 from iglubuild.elf import read_elf
 from iglubuild.executor import PhaseJob
@@ -389,7 +389,7 @@ def _project_build_dir(build: Path, toolchain_image) -> str:  # type: ignore[no-
     tdir.mkdir(parents=True, exist_ok=True)
     given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
     record = Path(given).with_name(Path(given).name + ".json") if given else None
-    manifest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST)
+    manifest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST)
     if given and record and record.is_file() and \
             json.loads(record.read_text())["manifest_digest"] == manifest.digest:
         ident = json.loads(record.read_text())["id"]
@@ -452,7 +452,7 @@ def test_machine_with_only_the_loaded_image_finds_it_by_manifest(
     assert err.startswith("error: no build root for ") and "no toolchain image made from it" in err
     assert "hint: run `iglubuild toolchain build` then `iglubuild toolchain image`" in err
 
-    digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+    digest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST).digest
     client = docker.from_env()
     # What `toolchain image` labels an image made from the build root with:
     # its manifest's digest beside the toolchain id.
@@ -497,7 +497,7 @@ def test_toolchain_image_from_the_build_root_serves_a_machine_without_it(
         assert f"iglubuild-toolchain:{ident} (" in capsys.readouterr().out
         (build / "toolchain" / f"{ident}.tar").unlink()  # the export, 700 MB
         image = client.images.get(image_ref(ident))
-        digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+        digest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST).digest
         assert image.labels[LABEL_MANIFEST] == digest
         other = Settings(build_dir=tmp_path / "elsewhere", project_root=REPO_ROOT)
         ex = DockerExecutor.from_settings(other)
@@ -511,7 +511,7 @@ def test_missing_image_is_one_line_with_hint(docker_engine, tmp_path: Path, caps
     monkeypatch.chdir(REPO_ROOT)
     build = tmp_path / "build"
     (build / "toolchain" / "root-0000000000000000").mkdir(parents=True)
-    manifest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST)
+    manifest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST)
     (build / "toolchain" / "root-0000000000000000.json").write_text(json.dumps(
         {"id": "0000000000000000", "manifest_digest": manifest.digest, "packages": {},
          "created": 1.0}))

@@ -45,7 +45,7 @@ def test_start_up_loads_no_stage_module() -> None:
     """Building the parser (every command does) loads settings and errors, not stages."""
     stages = ("iglubuild.recipe", "iglubuild.graph", "iglubuild.build", "iglubuild.image",
               "iglubuild.boot", "iglubuild.package", "iglubuild.fetch", "iglubuild.plan",
-              "iglubuild.executors.chroot", "iglubuild.buildroot")
+              "iglubuild.executors.chroot", "iglubuild.toolchain_root")
     code = ("import sys\nfrom iglubuild.cli import build_parser\nbuild_parser()\n"
             f"print(sorted(set(sys.modules) & {set(stages)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

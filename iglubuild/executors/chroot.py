@@ -56,9 +56,9 @@ class ChrootExecutor:
         Raises a one-line BuildError naming `iglubuild toolchain build` when
         there is none; scratch folders go to <build-dir>/tmp/chroot.
         """
-        from iglubuild import buildroot  # imported late: loading it costs start-up time
+        from iglubuild import toolchain_root  # imported late: loading it costs start-up time
 
-        root = buildroot.current_root(settings, manifest)
+        root = toolchain_root.current_root(settings, manifest)
         return cls(root.path, root.id, settings.build_dir / "tmp" / "chroot",
                    debug=settings.debug)
 

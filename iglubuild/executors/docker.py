@@ -136,17 +136,17 @@ class DockerExecutor:
         with the manifest's digest, and that image's toolchain id; with
         neither, a one-line error says how to make them.
         """
-        from iglubuild import buildroot
+        from iglubuild import toolchain_root
 
-        m = buildroot.load_manifest(buildroot.manifest_path(settings, manifest))
-        root = buildroot.find_root(settings.build_dir, m)
+        m = toolchain_root.load_manifest(toolchain_root.manifest_path(settings, manifest))
+        root = toolchain_root.find_root(settings.build_dir, m)
         if root is not None:
             return cls(image_ref(root.id), root.id, debug=settings.debug)
         ex = cls("", "", debug=settings.debug)
         found = ex.image_for_manifest(m.digest)
         if found is None:
             raise BuildError(
-                f"no build root for {m.path} in {buildroot.toolchain_dir(settings.build_dir)} "
+                f"no build root for {m.path} in {toolchain_root.toolchain_dir(settings.build_dir)} "
                 "and no toolchain image made from it in the Docker engine",
                 hint="run `iglubuild toolchain build` then `iglubuild toolchain image` "
                      "(or `iglubuild toolchain image --load FILE` with an image made elsewhere)")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.buildroot import BuildRoot
 from iglubuild.executor import PhaseJob
 from iglubuild.executors.chroot import ChrootExecutor
 from iglubuild.run import base_env
+from iglubuild.toolchain_root import BuildRoot
 from tests.chroot.helpers import MUSL_FLAGS, PROJECT, host_mounts, tree_manifest
 from tests.sandbox_support import (
     RecordingServer,

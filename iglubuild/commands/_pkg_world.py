@@ -19,9 +19,9 @@ from iglubuild.executor import PHASES
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:  # world and pkg are imported at every start-up; the engine loads on use
-    from iglubuild.buildrun import BuildContext, Builder
     from iglubuild.graph import DepGraph
     from iglubuild.recipe import RecipeTree
+    from iglubuild.session import BuildContext, Builder
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,10 +108,10 @@ def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
     """Build the closure of `names` (everything if None); return the exit code."""
-    from iglubuild.buildrun import Builder, run_build
     from iglubuild.distcc import CompileRecorder
     from iglubuild.executors import make_executor
     from iglubuild.package import write_index
+    from iglubuild.session import Builder, run_build
     from iglubuild.target import load_target
 
     tree, graph = load(settings)

@@ -38,7 +38,7 @@ from iglubuild.executors.sandbox import (
 from iglubuild.run import CommandError, base_env, require_tool, run
 from iglubuild.settings import Settings
 
-log = logging.getLogger("iglubuild.buildroot")
+log = logging.getLogger("iglubuild.toolchain_root")
 
 MANIFEST = Path("toolchain") / "buildroot.toml"
 ID_LENGTH = 16
