@@ -45,10 +45,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
+
+if TYPE_CHECKING:  # the recipe model and the graph load pydantic and networkx
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import RecipeTree
 
 STATE_FORMAT = 1
 SIGNATURE_SALT = b"iglubuild-signature-1\0"
@@ -68,42 +72,6 @@ class Status(StrEnum):
     NEVER_BUILT = "never-built"
     FAILED = "failed"
     FORCED = "forced"
-
-
-# --- what the plan needs from the recipe model and the graph -----------------
-
-
-class _Source(Protocol):
-    url: str | None
-    file: str | None
-    sha256: str | None
-    sha512: str | None
-    filename: str | None
-    unverified: str | None
-
-
-class _Recipe(Protocol):
-    name: str
-    version: str
-    release: int
-    sources: Sequence[Any]
-    patches: Sequence[str]
-
-
-class _Loaded(Protocol):
-    recipe: Any
-    path: Path
-    dir: Path
-
-
-class _Tree(Protocol):
-    recipes: Mapping[str, Any]
-
-
-class _Graph(Protocol):
-    def order(self, names: Iterable[str] | None = None) -> list[str]: ...
-
-    def build_deps(self, name: str) -> Iterable[str]: ...
 
 
 # --- signatures ---------------------------------------------------------------
@@ -405,8 +373,9 @@ def longest_path(
         prev[name] = parent
     if not best:
         return [], 0.0
-    end: str | None = max(best, key=lambda n: best[n])
-    total = best[end]
+    last = max(best, key=lambda n: best[n])
+    total = best[last]
+    end: str | None = last
     path: list[str] = []
     while end is not None:
         path.append(end)
@@ -437,8 +406,8 @@ def _reasons(old: Mapping[str, Any], new: Inputs) -> list[str]:
 
 
 def make_plan(
-    tree: _Tree,
-    graph: _Graph,
+    tree: RecipeTree,
+    graph: DepGraph,
     toolchain_id: str,
     state: StateStore,
     names: Iterable[str] | None = None,
@@ -451,7 +420,7 @@ def make_plan(
     """
     order = graph.order(list(names) if names is not None else None)
     # A sub-package name ("curl-dev") forces the recipe that makes it.
-    providers: Mapping[str, tuple[str, Any]] = getattr(graph, "providers", {})
+    providers = graph.providers
     forced = {providers[n][0] if n in providers else n for n in force}
     unknown = sorted(forced - set(order))
     if unknown:
