@@ -16,7 +16,9 @@ The SPEC is the sandbox as data, written by iglubuild.executors.sandbox with mar
 (same interpreter on both sides, and no import cost):
 ``{"root": ..., "mounts": [{kind, target, source, readonly, options}], "argv": [...],
 "cwd": ..., "env": {...}, "loopback": bool}``. Mount targets are paths inside the
-new root.
+new root. The host executor uses this init too, with no root and no mounts: its
+phases get the PID namespace (nothing outlives them, even a kill -9 of
+iglubuild), the host name and the empty network, and see the host's files.
 """
 
 # Only modules that are cheap to import: this runs once per phase, and the
@@ -171,7 +173,8 @@ def main() -> None:
     child = os.fork()
     if child == 0:
         try:
-            os.chroot(root)
+            if root is not None:  # None: the host executor, phases see the host's /
+                os.chroot(root)
             os.chdir(spec.get("cwd") or "/")
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                 signal.signal(sig, signal.SIG_DFL)

@@ -2,10 +2,15 @@
 
 Each phase is `sh -e -c SCRIPT` in its own session (process group), so
 `terminate()` can stop the phase and everything it started -- make, its
-compilers, stray background jobs. When running as root, the phase also gets
-its own empty network namespace (`unshare --net`): builds have no network.
-Without root the host executor cannot take the network away (phases then
-see the network; `isolate_network` says which).
+compilers, stray background jobs. As root, each phase also gets its own
+namespaces (the chroot executor's, without the chroot: see
+iglubuild.executors.sandbox): a PID namespace whose init is ours, so that
+nothing a phase starts outlives it, even when iglubuild itself is killed
+with kill -9 (the namespace is tied to iglubuild by PR_SET_PDEATHSIG); an
+empty network namespace (builds have no network); the host name
+"iglubuild". Without root the host executor can do none of that: phases
+then see the network and a killed iglubuild leaves them running
+(`isolated` says which).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import IO
 
 from iglubuild.errors import ToolMissingError
 from iglubuild.executor import PhaseJob
 from iglubuild.executors import PhaseProcesses
+from iglubuild.executors.sandbox import sandbox_argv, write_spec
 from iglubuild.run import require_tool, run, which
 from iglubuild.target import Target, load_target
 
@@ -31,15 +39,15 @@ class HostExecutor:
 
     name = "host"
 
-    def __init__(self, target: Target | None = None, isolate_network: bool | None = None,
+    def __init__(self, target: Target | None = None, isolated: bool | None = None,
                  pass_fds: tuple[int, ...] = ()) -> None:
         self.target = target or load_target()
         # Descriptors every phase inherits: the shared make jobserver's pipe
         # (iglubuild.jobserver); Popen closes all others.
         self.pass_fds = pass_fds
-        if isolate_network is None:
-            isolate_network = _can_unshare_net()
-        self.isolate_network = isolate_network
+        if isolated is None:
+            isolated = _can_unshare()
+        self.isolated = isolated
         self._phases = PhaseProcesses()
         self._toolchain_id: str | None = None
 
@@ -74,10 +82,23 @@ class HostExecutor:
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
         """Run one phase in its own process group, output into `log_file`."""
         ticket = self._phases.ticket()
-        argv = ["sh", "-e", "-c", job.script]
-        if self.isolate_network and not job.network:
-            argv = ["unshare", "--net", "--", *argv]
         log_file.flush()
+        if not self.isolated:
+            return self._run(ticket, job, ["sh", "-e", "-c", job.script], log_file)
+        with tempfile.TemporaryDirectory(prefix="iglubuild-phase-") as tmp:
+            spec, status = Path(tmp) / "spec", Path(tmp) / "status"
+            shell = which("sh") or Path("/bin/sh")
+            write_spec(spec, None, [], [str(shell), "-e", "-c", job.script], job.cwd, job.env,
+                       job.network, status)
+            rc = self._run(ticket, job, sandbox_argv(spec, job.network), log_file)
+            # The init records the phase's own status (a signal told from exit
+            # 128+N); without it the init itself was killed.
+            try:
+                return int(status.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return rc
+
+    def _run(self, ticket: int, job: PhaseJob, argv: list[str], log_file: IO[bytes]) -> int:
         # The environment is the job's, whitelisted by the build stage. Leaving
         # the block kills whatever the phase left running in its group.
         with self._phases.start(ticket, argv, env=job.env, cwd=str(job.cwd), stdout=log_file,
@@ -91,9 +112,10 @@ class HostExecutor:
         self._phases.terminate()
 
 
-def _can_unshare_net() -> bool:
+def _can_unshare() -> bool:
     """Root alone is not enough (a container may forbid namespaces): try it once."""
-    if os.geteuid() != 0 or which("unshare") is None:
+    if os.geteuid() != 0 or which("unshare") is None or which("setpriv") is None:
         return False
-    probe = run(["unshare", "--net", "--", "true"], capture=True, check=False)
+    probe = run(["unshare", "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "--",
+                 "true"], capture=True, check=False)
     return probe.returncode == 0

@@ -143,7 +143,7 @@ def sandbox_argv(spec_file: Path, network: bool) -> list[str]:
 
 def write_spec(
     spec_file: Path,
-    root: Path,
+    root: Path | None,
     mounts: Sequence[Mount],
     argv: Sequence[str],
     cwd: Path,
@@ -153,11 +153,12 @@ def write_spec(
 ) -> None:
     """Write the sandbox description the init reads (root = where the new / is built).
 
+    `root` None keeps the host's / (the host executor: namespaces, no chroot).
     `status_file` receives the command's exit code (negative for a signal).
     """
     spec = {
         "status_file": str(status_file) if status_file else None,
-        "root": str(root),
+        "root": str(root) if root is not None else None,
         "mounts": [_mount_data(m) for m in mounts],
         "argv": list(argv),
         "cwd": str(cwd),
