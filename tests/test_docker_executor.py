@@ -34,6 +34,7 @@ from tests.conftest import DISTFILES, REPO_ROOT
 from tests.engine_support import MUSL_TARBALL, musl_recipe_text, write_recipe
 from tests.sandbox_support import (
     RecordingServer,
+    check_escapes,
     check_make_shares_the_runs_jobserver,
     run_to_log,
 )
@@ -89,6 +90,13 @@ class _TimedLog:
 
 
 # --------------------------------------------------------------------------- phases
+
+
+def test_escapes_are_refused(executor: DockerExecutor, tmp_path: Path) -> None:
+    """The chroot executor's escape tests, in a container."""
+    work = tmp_path / "work"
+    work.mkdir()
+    check_escapes(executor, work, tmp_path / "escaped", _job)
 
 
 def test_exit_status_and_output_streamed_to_the_log(executor: DockerExecutor,

@@ -113,7 +113,7 @@ class ChrootExecutor:
             spec = scratch / "spec"
             status = scratch / "status"
             write_spec(spec, scratch / "root", mounts, argv, job.cwd, job.env, job.network,
-                       status)
+                       status, least_privilege=not interactive)
             cmd = sandbox_argv(spec, job.network)
             # An interactive shell stays in the terminal's process group so
             # that it gets the terminal; a phase leads its own group.

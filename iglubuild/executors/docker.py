@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iglubuild.executors.docker")
 
+# The only capabilities a phase keeps (the chroot executor's KEPT_CAPS).
+PHASE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
+
 SHELL = "/bin/sh"
 BASH = "/bin/bash"
 ENV_TOOL = "/usr/bin/env"
@@ -295,6 +298,13 @@ class DockerExecutor:
                 working_dir=str(job.cwd),
                 user="0:0",
                 init=True,
+                # Least privilege, as in the chroot executor (iglubuild/executors/
+                # _nsinit.py): the ownership capabilities tools run as root count
+                # on and nothing else; Docker's seccomp profile and read-only
+                # /proc/sys stay in force.
+                cap_drop=["ALL"],
+                cap_add=list(PHASE_CAPABILITIES),
+                security_opt=["no-new-privileges"],
                 mounts=docker_mounts(m for m in mounts if m.kind is not MountKind.TMPFS),
                 tmpfs={str(m.target): ",".join(m.options)
                        for m in mounts if m.kind is MountKind.TMPFS},

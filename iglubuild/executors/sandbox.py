@@ -150,11 +150,15 @@ def write_spec(
     env: Mapping[str, str],
     network: bool,
     status_file: Path | None = None,
+    least_privilege: bool = False,
 ) -> None:
     """Write the sandbox description the init reads (root = where the new / is built).
 
     `root` None keeps the host's / (the host executor: namespaces, no chroot).
     `status_file` receives the command's exit code (negative for a signal).
+    `least_privilege` runs the command with no capabilities, no_new_privs, a
+    seccomp filter and /proc/sys read-only (build phases; not the apt-get
+    steps that make a build root, nor an interactive shell).
     """
     spec = {
         "status_file": str(status_file) if status_file else None,
@@ -165,6 +169,7 @@ def write_spec(
         "env": dict(env),
         "loopback": not network,
         "hostname": HOSTNAME,
+        "least_privilege": least_privilege,
     }
     # marshal: the init runs with the same interpreter and reads it without
     # importing json (which costs tens of ms per phase); --debug shows it as text.
