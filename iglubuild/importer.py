@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import LiteralScalarString
 
+from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
 
 # Variables the build engine gives every phase (DESIGN.md); a phase that uses
@@ -87,6 +87,7 @@ class ImportResult:
     text: str
     todos: list[str]
     files: list[Path]  # files beside build.sh the recipe refers to (copied by write)
+    unresolved: list[str] = field(default_factory=list)  # short: what blocks a build
 
 
 def _unquote(value: str) -> str:
@@ -248,6 +249,7 @@ class _Converter:
         self.v = script.variables
         self.name = self.v["pkgname"]
         self.todos: list[str] = []
+        self.unresolved: list[str] = []
         self.gnu: list[str] = []
         self.sources: list[CommentedMap] = []
         self.patches: list[str] = []
@@ -373,6 +375,7 @@ class _Converter:
         if leftover:
             what = leftover[0] if leftover[0].startswith("$") else f"${leftover[0]}"
             self.todos.append(f"source URL uses {what}, computed by the shell")
+            self.unresolved.append(f"URL uses {what}")
             src.yaml_add_eol_comment(f"TODO: replace {what} (computed by the shell)", "url")
         version = self.v.get("pkgver", "")
         basename = expanded.rsplit("/", 1)[-1].replace("{version}", version).replace(
@@ -516,6 +519,7 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     if not version or "$" in version:
         version = version or "0"
         c.todos.append("pkgver is missing or computed; set the version")
+        c.unresolved.append("version")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+~]*$", version):
         fixed = re.sub(r"[^A-Za-z0-9._+~]", "_", version).lstrip("._+~") or "0"
         c.todos.append(f"version {version!r} is not a valid recipe version; written as {fixed!r}")
@@ -608,8 +612,11 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
     yaml.indent(mapping=2, sequence=4, offset=2)
     buf = io.StringIO()
     yaml.dump(doc, buf)
+    unverified = sum(1 for s in c.sources if "unverified" in s)
+    if unverified:
+        c.unresolved.append(f"{unverified} source(s) unverified")
     return ImportResult(name=v["pkgname"], repo=repo, text=buf.getvalue(),
-                        todos=c.todos, files=c.files)
+                        todos=c.todos, files=c.files, unresolved=c.unresolved)
 
 
 def write_recipe(result: ImportResult, out_dir: Path, force: bool = False) -> Path:
@@ -620,13 +627,8 @@ def write_recipe(result: ImportResult, out_dir: Path, force: bool = False) -> Pa
                          hint="pass --force to overwrite it, or -o to write elsewhere")
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in result.files:
-        dest = out_dir / f.name
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(f, tmp)
-        tmp.replace(dest)
-    tmp = target.with_name(".recipe.yaml.tmp")
-    tmp.write_text(result.text, encoding="utf-8")
-    tmp.replace(target)
+        write_atomic(out_dir / f.name, f.read_bytes())
+    write_atomic(target, result.text)
     return target
 
 

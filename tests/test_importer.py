@@ -254,3 +254,34 @@ def test_invalid_package_name_is_refused(cli, tmp_path: Path) -> None:
     res = cli("import", str(duck), "-o", str(tmp_path / "out"))
     assert res.code == 2 and "not a valid recipe name" in res.err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_import_tree_in_one_process(cli, tmp_path: Path) -> None:
+    """`import --tree` converts every fixture in one call and prints one row each."""
+    recipes = tmp_path / "recipes"
+    res = cli("--recipes", str(recipes), "import", "--tree", str(FIXTURES))
+    assert res.code == 0, res.err
+    rows = [line for line in res.out.splitlines()[1:-1]]
+    assert len(rows) == len(BUILD_SHS)
+    assert f"{len(BUILD_SHS)} converted, 0 failed" in res.out.splitlines()[-1]
+    curl = next(r for r in rows if r.startswith("base/curl "))
+    assert curl.split()[1] == "base/curl" and curl.split()[2].isdigit()
+    assert "URL uses $mver" in next(r for r in rows if r.startswith("snd/pipewire "))
+    assert len(list(recipes.glob("*/*/recipe.yaml"))) == len(BUILD_SHS)
+
+
+def test_cli_import_many_paths_fails_only_for_unreadable(cli, tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    broken = tmp_path / "x" / "broken" / "build.sh"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"pkgname=\xff\n")
+    res = cli("--recipes", str(recipes), "import", str(FIXTURES / "base/curl"),
+              str(broken), str(FIXTURES / "base/zstd/build.sh"))
+    assert res.code == 2
+    assert "not a UTF-8 text file" in res.err and "Traceback" not in res.err
+    assert "2 converted, 1 failed" in res.out
+    assert (recipes / "base/curl/recipe.yaml").is_file()
+    assert (recipes / "base/zstd/recipe.yaml").is_file()
+    res = cli("--recipes", str(recipes), "import", str(FIXTURES / "base/curl"),
+              str(FIXTURES / "base/zstd"), "-o", str(tmp_path / "o"))
+    assert res.code == 2 and "-o names one recipe folder" in res.err
