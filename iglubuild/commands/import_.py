@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing recipe.yaml files")
 
 
+_TREE_HINT = "give the root of an Iglunix checkout (it holds base/, extra/...)"
+
+
 def scripts_of(paths: list[Path], tree: Path | None) -> list[Path]:
     """The build.sh files named on the command line, in order, each once."""
     out: list[Path] = []
@@ -38,11 +41,11 @@ def scripts_of(paths: list[Path], tree: Path | None) -> list[Path]:
     if tree is not None:
         if not tree.is_dir():
             raise UsageError(f"--tree {tree}: not a folder",
-                             hint="give the root of an Iglunix checkout (it holds base/, extra/...)")
+                             hint=_TREE_HINT)
         found = sorted(tree.glob("*/*/build.sh"))
         if not found:
             raise UsageError(f"--tree {tree}: no <repo>/<name>/build.sh below it",
-                             hint="give the root of an Iglunix checkout (it holds base/, extra/...)")
+                             hint=_TREE_HINT)
         out.extend(found)
     seen: set[Path] = set()
     unique = []
