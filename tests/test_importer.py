@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from iglubuild.errors import UsageError
+from iglubuild.errors import RecipeError, UsageError
 from iglubuild.importer import (
     convert,
     parse_build_sh,
@@ -55,6 +55,13 @@ def test_enough_real_fixtures() -> None:
 @pytest.mark.parametrize("build_sh", BUILD_SHS, ids=_ids(BUILD_SHS))
 def test_every_fixture_imports_to_a_recipe_that_lints(build_sh: Path, tmp_path: Path) -> None:
     target = _import(build_sh, tmp_path, [DISTFILES] if DISTFILES else [])
+    if "TODO: could not resolve the version" in target.read_text():
+        # Loud on purpose: a version set inside a `case` (linux) is refused
+        # by lint until someone picks it; nothing else may be wrong.
+        with pytest.raises(RecipeError) as info:
+            load_recipe(target)
+        assert [p.message.split(":")[0] for p in info.value.problems] == ["version"]
+        return
     lr = load_recipe(target)  # raises RecipeError on any problem
     script = parse_build_sh(build_sh)
     assert lr.recipe.name == script.variables["pkgname"]
@@ -67,44 +74,57 @@ def test_every_fixture_imports_to_a_recipe_that_lints(build_sh: Path, tmp_path: 
     YAML(typ="rt").load(text)
 
 
-# Lines whose meaning the recipe carries in another form (cwd is the source
-# folder; unpacking is the engine's job); everything else must be in the text.
-_TRANSLATED = re.compile(
-    r"^(cd\s+[\"']?\$\{?pkgname\}?-\$\{?pkgver\}?[\"']?/?|tar\s+-?x\S*\s.*|curl\s.*|"
-    r"mv\s+\S+\s+\$pkgname-\$pkgver|mkdir\s+\$pkgname-\$pkgver/build|"
-    r"patch\s+-p1\s*<\s*\S+|return|\}|[A-Za-z_][A-Za-z0-9_-]*\(\)\s*\{)$")
+# Lines whose meaning the recipe carries in another form; each is checked
+# for its effect below, everything else must be in the text verbatim.
+_STRUCTURE = re.compile(r"^(\}|[A-Za-z_][A-Za-z0-9_+-]*\s*\(\)\s*\{|return|:|"
+                        r"(pkgname|pkgver|pkgrel|deps|mkdeps|bad|ext|desc)=.*)$")
+_CD = re.compile(r"^cd\s+[\"']?\$\{?pkgname\}?-\$\{?pkgver\}?[\"']?/?$")
+_UNPACK = re.compile(r"^(tar\s+-?x\S*\s+\S+|mv\s+\S+\s+\$pkgname-\$pkgver)$")
+
+
+def _unaccounted(build_sh: Path, text: str) -> list[str]:
+    """Non-empty, non-comment lines of build_sh found neither translated nor kept."""
+    lr_text = text
+    data = YAML(typ="safe").load(text)
+    flat = re.sub(r"\s+", " ", re.sub(r"\\\n\s*#?", " ", lr_text).replace("\n#", "\n"))
+    flat = flat.replace("../../", "../")
+    urls = [s.get("url", "") for s in data.get("sources", [])]
+    files = [s["file"] for s in data.get("sources", []) if "file" in s] + \
+        data.get("patches", [])
+    missing = []
+    for line in re.sub(r"\\\n", " ", build_sh.read_text()).splitlines():
+        stripped = re.sub(r"\s+", " ", line.strip())
+        if not stripped or stripped.startswith("#") or _STRUCTURE.match(stripped):
+            continue
+        stripped = re.sub(r"\bbad --gmake ", "", stripped)
+        if _CD.match(stripped) or (_UNPACK.match(stripped) and urls):
+            continue
+        if stripped.startswith("curl "):
+            host = re.search(r"[a-z]+://[^/\"']+", stripped)
+            if host and any(u.startswith(host.group(0)) for u in urls):
+                continue
+        m = re.match(r"^mkdir (-p )?\$pkgname-\$pkgver/build$", stripped)
+        if m and f"mkdir {m.group(1) or ''}build" in flat:
+            continue
+        m = re.match(r"^(?:patch -p1 < |cp )(?:\.\./)+(\S+)( \S+)?$", stripped)
+        if m and (m.group(1) in files or "*" in m.group(1) and files):
+            continue
+        m = re.match(r"^cat (\S+)$", stripped)  # license(): named in the license comment
+        if m and re.search(r"^license: .*" + re.escape(m.group(1)), text, re.M):
+            continue
+        if stripped.startswith("find ") and all(
+                w in flat for w in stripped.split()[1:]):
+            continue
+        if stripped.replace("../../", "../") not in flat:
+            missing.append(line.strip())
+    return missing
 
 
 @pytest.mark.parametrize("build_sh", BUILD_SHS, ids=_ids(BUILD_SHS))
 def test_no_shell_line_is_silently_dropped(build_sh: Path, tmp_path: Path) -> None:
+    """Property: every non-empty, non-comment line appears translated or in a TODO."""
     text = _import(build_sh, tmp_path).read_text()
-    script = parse_build_sh(build_sh)
-    # Normalise whitespace: the converter re-indents and YAML-comments lines.
-    flat = re.sub(r"\s+", " ", re.sub(r"\\\n\s*#?", " ", text).replace("\n#", "\n"))
-    missing = []
-    for fname in ("fetch", "build", "package"):
-        # Whole commands: a curl's `-o` on a continuation line goes with the curl.
-        commands = re.sub(r"\\\n", " ", "\n".join(script.functions.get(fname, [])))
-        for line in commands.splitlines():
-            stripped = re.sub(r"\s+", " ", line.strip())
-            if not stripped or _TRANSLATED.match(stripped):
-                continue
-            stripped = re.sub(r"\bbad --gmake ", "", stripped)
-            if stripped.lstrip("#").strip() not in flat:
-                missing.append(f"{fname}(): {line.strip()}")
-    for fname, body in script.functions.items():
-        if fname in ("fetch", "build", "package", "license", "backup"):
-            continue
-        for line in body:
-            stripped = re.sub(r"\s+", " ", line.strip())
-            if not stripped or _TRANSLATED.match(stripped):
-                continue
-            words = stripped.split()[1:] if stripped.startswith("find ") else [stripped]
-            missing.extend(f"{fname}(): {w}" for w in words if w not in flat)
-    for line in script.toplevel:
-        stripped = re.sub(r"\s+", " ", line.strip().lstrip("#").strip())
-        if stripped and stripped not in flat:
-            missing.append(f"top level: {line.strip()}")
+    missing = _unaccounted(build_sh, text)
     assert not missing, "dropped without a trace:\n" + "\n".join(missing)
 
 
@@ -266,7 +286,7 @@ def test_cli_import_tree_in_one_process(cli, tmp_path: Path) -> None:
     assert f"{len(BUILD_SHS)} converted, 0 failed" in res.out.splitlines()[-1]
     curl = next(r for r in rows if r.startswith("base/curl "))
     assert curl.split()[1] == "base/curl" and curl.split()[2].isdigit()
-    assert "URL uses $mver" in next(r for r in rows if r.startswith("snd/pipewire "))
+    assert "version" in next(r for r in rows if r.startswith("linux/linux ")).split(None, 3)[3]
     assert len(list(recipes.glob("*/*/recipe.yaml"))) == len(BUILD_SHS)
 
 
