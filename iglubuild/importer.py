@@ -158,6 +158,8 @@ def _dedent(body: list[str]) -> list[str]:
     """Remove the common leading whitespace (tabs in Iglunix) from a body."""
     def indent(s: str) -> str:
         return s[: len(s) - len(s.lstrip())]
+    # A stray space before a tab (glib's build()) is not indentation of its own.
+    body = [re.sub(r"^ +(?=\t)", "", s) for s in body]
     # A comment in column 0 (a commented-out line) does not set the indent.
     nonblank = [indent(s) for s in body if s.strip() and not s.startswith("#")]
     if not nonblank:
@@ -519,6 +521,13 @@ class _Converter:
                     self.prepare.extend(group)
                     continue
                 why = "names a file that is not beside build.sh"
+                if pm:
+                    name = pm.group(3).rsplit("/", 1)[-1]
+                    self.prepare.append(self.todo(
+                        f"fetch() applies {name}, which is not beside build.sh: add it to "
+                        "the recipe folder and list it in patches (or drop this line):"))
+                    self.prepare.extend("# " + s for s in original.splitlines())
+                    continue
             else:
                 why = "runs outside the source folder"
             self.prepare.append(self.todo(f"fetch() line not translated ({why}):"))
