@@ -62,9 +62,9 @@ _CD_SRC = re.compile(rf"^cd\s+{_SRC_DIR}$")
 _BAD_GMAKE = re.compile(r"\bbad\s+--gmake\s+")
 _CURL = re.compile(r"^curl\s")
 _TAR_X = re.compile(r"^(b?sd)?tar\s+-?[xzjJvf]*x[xzjJvf]*\s")
-_MV_SRC = re.compile(rf"^mv\s+\S+\s+{_SRC_DIR}$")
 _MKDIR_BUILD = re.compile(rf"""^mkdir\s+(-p\s+)?{_SRC_BASE}/(build)["']?$""")
-_CP_BESIDE = re.compile(r"^cp\s+((?:\.\./)+[A-Za-z0-9_.+*-]+)\s+(\.|" + _SRC_DIR + r")$")
+_CP_BESIDE = re.compile(r"^cp\s+((?:\.\./)+[A-Za-z0-9_.+*-]+)\s+(\.|" + _SRC_BASE +
+                        r"""["']?(/[A-Za-z0-9_./-]*)?)$""")
 _CWD_FREE = re.compile(r"^(#.*|export\s+.*|[A-Za-z_][A-Za-z0-9_]*=\S*|return|:|true)?$")
 _PATCH = re.compile(r"^patch\s+(-p\d\s+)?(-i\s+|<\s*)(\S+)$")
 _FIND = re.compile(r"^find\s+(.+)$")
@@ -478,7 +478,9 @@ class _Converter:
                         "fetch() unpacks a file that is not a source here:"))
                     self.prepare.extend("# " + s for s in group)
                 continue
-            if _MV_SRC.match(cmd) and not in_src:
+            mv = re.match(r"^mv\s+\S+\s+(\S+)$", cmd)
+            if mv and not in_src and _expand(_unquote(mv.group(1)).rstrip("/"), self.v) == \
+                    f"{self.name}-{{version}}":
                 continue  # the engine names the source folder itself
             mk = _MKDIR_BUILD.match(cmd)
             if mk and not in_src:
@@ -492,9 +494,15 @@ class _Converter:
                 found = self._glob_beside(cp.group(1))
                 if found:
                     self.copied.extend(f for f in found if f not in self.copied)
-                    if cp.group(2) != ".":  # cp ../X $pkgname-$pkgver: into the source folder
-                        self.prepare.extend(f"cp ../{f.name} ." for f in found)
+                    if cp.group(2) != ".":  # cp ../X $pkgname-$pkgver[/sub]: into the source
+                        sub = (cp.group(3) or "").strip("/") or "."
+                        self.prepare.extend(f"cp ../{f.name} {sub}" for f in found)
                     continue
+                self.prepare.append(self.todo(
+                    f"fetch() copies {cp.group(1)}, but nothing by that name is beside "
+                    "build.sh: add it to the recipe folder as a `file:` source:"))
+                self.prepare.extend("# " + s for s in original.splitlines())
+                continue
             pm = _PATCH.match(cmd)
             if pm and in_src:
                 beside = self._beside(pm.group(3))
@@ -562,7 +570,8 @@ class _Converter:
         first = not any("url" in s for s in self.sources)
         om = re.search(r"\s-o\s+(\S+)", cmd)
         out_name = _expand(_unquote(om.group(1)), self.v) if om else None
-        expanded = self._url_fields(_expand(url, self.v, self.derived))
+        before_fields = _expand(url, self.v, self.derived)
+        expanded = self._url_fields(before_fields)
         self.fetched.append(out_name or expanded.rsplit("/", 1)[-1])
         # Shell expansions the recipe cannot express (${pkgver/_/}) keep their
         # text, with braces doubled so the loader reads them literally.
@@ -577,7 +586,8 @@ class _Converter:
             self.unresolved.append(f"URL uses {what}")
             src.yaml_add_eol_comment(f"TODO: replace {what} (computed by the shell)", "url")
         version = self.version or ""
-        if first and version and not leftover and "{version" not in expanded:
+        if first and version and not leftover and "{version" not in expanded and \
+                expanded == before_fields:
             literal = re.findall(r"(?<![\d.])\d+(?:[._]\d+)+(?![\d])", expanded)
             if literal and version not in literal:
                 msg = (f"the URL fetches version {literal[-1]} but pkgver is {version}; "

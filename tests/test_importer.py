@@ -99,6 +99,8 @@ def _unaccounted(build_sh: Path, text: str) -> list[str]:
         stripped = re.sub(r"\bbad --gmake ", "", stripped)
         if _CD.match(stripped) or (_UNPACK.match(stripped) and urls):
             continue
+        if re.match(rf"^mv \S+ {re.escape(data['name'])}-\$pkgver/?$", stripped) and urls:
+            continue  # the engine names the source folder <name>-<version> itself
         if stripped.startswith("curl "):
             host = re.search(r"[a-z]+://[^/\"']+", stripped)
             if host and any(u.startswith(host.group(0)) for u in urls):
