@@ -645,6 +645,18 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
     `cache_file` (e.g. <build-dir>/cache/recipes.pickle) keeps parsed recipes
     keyed by content, so a second run only reads and hashes the files.
     """
+    tree, problems = collect_tree(root, cache_file)
+    if problems:
+        raise RecipeError(problems)
+    return tree
+
+
+def collect_tree(root: Path, cache_file: Path | None = None) -> tuple[RecipeTree, list[Problem]]:
+    """Every valid recipe under `root` and every problem found, without raising.
+
+    `lint` uses this to go on to the graph checks (cycles) over the recipes
+    that are valid, so one run reports every kind of problem.
+    """
     from iglubuild.errors import UsageError
 
     if not root.is_dir():
@@ -654,6 +666,7 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
     tree = RecipeTree(root)
     problems: list[Problem] = []
     seen: dict[str, Path] = {}
+    duplicates: list[LoadedRecipe] = []  # their deps are checked too
     used: set[str] = set()
     broken: set[str] = set()  # folders whose recipe failed: no "unknown dependency" noise
     for path in find_recipe_files(root):
@@ -669,6 +682,7 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
             problems.append(Problem(str(path), line, col,
                                     f"duplicate package name {lr.name!r}, also in {seen[lr.name]}",
                                     "package names must be unique across repos"))
+            duplicates.append(lr)
             continue
         seen[lr.name] = path
         tree.recipes[lr.name] = lr
@@ -676,10 +690,8 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
             if src.unverified is not None:
                 tree.unverified.append((lr.name, src.unverified))
     cache.save(used)
-    problems.extend(_dependency_problems(tree, broken))
-    if problems:
-        raise RecipeError(problems)
-    return tree
+    problems.extend(_dependency_problems(tree, broken, duplicates))
+    return tree, problems
 
 
 def _load_one(path: Path, cache: _Cache) -> tuple[LoadedRecipe | None, list[Problem], str]:
@@ -699,12 +711,13 @@ def _load_one(path: Path, cache: _Cache) -> tuple[LoadedRecipe | None, list[Prob
     return (None if context else lr), context, key
 
 
-def _dependency_problems(tree: RecipeTree, broken: set[str]) -> list[Problem]:
+def _dependency_problems(tree: RecipeTree, broken: set[str],
+                         duplicates: Iterable[LoadedRecipe] = ()) -> list[Problem]:
     """Every dep and makedep names a known package or sub-package."""
     providers = tree.providers()
     providers.update({name: (name, None) for name in broken})
     problems = []
-    for lr in tree:
+    for lr in [*tree, *duplicates]:
         for field_name in ("deps", "makedeps"):
             for i, dep in enumerate(getattr(lr.recipe, field_name)):
                 if dep in providers:
