@@ -427,3 +427,29 @@ def test_no_blank_line_or_mkdir_build_todos(tmp_path: Path) -> None:
         text = convert(build_sh, []).text
         assert not re.search(r"# TODO: fetch\(\) line not translated.*:\n *# *\n", text), build_sh
         assert "# mkdir $pkgname-$pkgver/build" not in text, build_sh
+
+
+def test_imported_tree_lints_in_one_pass(cli, tmp_path: Path) -> None:
+    """`import --tree` then `lint`: every problem is in the first report; fixing
+    exactly those leaves a tree that lints (nothing was hidden behind them)."""
+    recipes = tmp_path / "recipes"
+    assert cli("--recipes", str(recipes), "import", "--tree", str(FIXTURES)).code == 0
+    res = cli("--recipes", str(recipes), "lint")
+    assert res.code == 2
+    reported = [line for line in res.err.splitlines() if line.startswith("error: ")]
+    assert all(re.match(r"^error: \S+:\d+:\d+: ", line) for line in reported)
+    for line in reported:
+        path = Path(line.split()[1].split(":")[0])
+        if m := re.search(r"unknown dependency '([^']+)'", line):
+            stub = recipes / "stub" / m.group(1) / "recipe.yaml"
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text(f"name: {m.group(1)}\nversion: '1'\n")
+        elif "duplicate package name" in line:
+            path.unlink()
+        elif "version" in line:
+            path.write_text(re.sub(r"(?m)^version: .*$", "version: '6.1.21'",
+                                   path.read_text()))
+        else:
+            raise AssertionError(f"unexpected problem: {line}")
+    res = cli("--recipes", str(recipes), "lint")
+    assert res.code == 0, res.err
