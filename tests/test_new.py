@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iglubuild.recipe import load_recipe
-from iglubuild.scaffold import archive_members, guess_version, pick_template
+from iglubuild.scaffold import archive_members, guess_version, pick_template, read_member
 from tests.conftest import DISTFILES as SHARED_DISTFILES
 
 
@@ -104,8 +104,8 @@ def test_new_file_url_and_odd_version(cli, tmp_path: Path) -> None:
     lr = load_recipe(target)
     assert lr.recipe.version == "R59c"
     assert lr.recipe.sources[0].sha256 == _sha(DISTFILES / "mksh-R59c.tgz")
-    # mksh has only Build.sh: no template, so the phases say what to do.
-    assert "TODO" in (lr.recipe.build or "")
+    # mksh has only Build.sh, MirBSD's build script: its own template.
+    assert "sh ./Build.sh" in (lr.recipe.build or "")
 
 
 def test_new_cmake_project(cli, tmp_path: Path) -> None:
@@ -180,7 +180,13 @@ def test_new_bad_input(cli, tmp_path: Path) -> None:
     ("zlib-ng", "2.2.2.tar.gz", "2.2.2"),
     ("less", "less-590.tar.gz", "590"),
     ("foo", "foo.tar.gz", None),
-    ("expat", "libexpat-R_2_5_0.tar.gz", None),  # not a valid version: ask for --version
+    ("expat", "libexpat-R_2_5_0.tar.gz", "2.5.0"),  # a tag name, read as dotted
+    ("lua2", "lua-5.4.4.tar.gz", "5.4.4"),  # whatever the package is called
+    ("doas", "opendoas-6.8.2.tar.xz", "6.8.2"),
+    ("xz-utils", "xz-5.4.1.tar.xz", "5.4.1"),
+    ("mksh2", "mksh-R59c.tgz", "R59c"),
+    ("curl", "curl-8_5_0.tar.gz", "8.5.0"),
+    ("foo", "foo-bar-baz.tar.gz", None),
 ])
 def test_guess_version(name: str, filename: str, version: str | None) -> None:
     assert guess_version(name, filename) == version
@@ -188,9 +194,14 @@ def test_guess_version(name: str, filename: str, version: str | None) -> None:
 
 def test_template_from_real_tarballs() -> None:
     assert DISTFILES is not None
-    kinds = {name: (t.kind if (t := pick_template(archive_members(DISTFILES / name))) else None)
-             for name in ("curl-7.88.1.tar.gz", "lz4-1.9.4.tar.gz", "mksh-R59c.tgz",
-                          "libexpat-R_2_5_0.tar.gz", "xz-5.4.1.tar.xz")}
+    def kind(name: str) -> str | None:
+        path = DISTFILES / name  # type: ignore[operator]
+        choice = pick_template(archive_members(path), lambda m: read_member(path, m))
+        return f"{choice.template.kind}{'@' + choice.subdir if choice.subdir else ''}" \
+            if choice else None
+    kinds = {name: kind(name) for name in ("curl-7.88.1.tar.gz", "lz4-1.9.4.tar.gz",
+                                           "mksh-R59c.tgz", "libexpat-R_2_5_0.tar.gz",
+                                           "xz-5.4.1.tar.xz")}
     assert kinds == {"curl-7.88.1.tar.gz": "autotools", "lz4-1.9.4.tar.gz": "make",
-                     "mksh-R59c.tgz": None, "libexpat-R_2_5_0.tar.gz": None,
+                     "mksh-R59c.tgz": "mirbsd-build-sh", "libexpat-R_2_5_0.tar.gz": "cmake@expat",
                      "xz-5.4.1.tar.xz": "autotools"}
