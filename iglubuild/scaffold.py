@@ -224,6 +224,56 @@ def archive_members(path: Path) -> list[str]:
                          hint="the URL must point at a source tarball") from None
 
 
+# Files whose text tells templates apart (autoconf or not, which install variable).
+_SNIFFED = frozenset({"configure", "Configure", "Makefile", "makefile", "GNUmakefile"})
+
+
+def archive_index(path: Path, limit: int = 1 << 18) -> tuple[list[str], dict[str, str]]:
+    """Member names and the start of the files templates look at, in one pass
+    over the archive (a .tar.gz is read once, not once per file)."""
+    texts: dict[str, str] = {}
+    try:
+        if path.name.endswith(".zip"):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                for n in names:
+                    if n.rsplit("/", 1)[-1] in _SNIFFED and n.count("/") <= 2:
+                        with z.open(n) as f:
+                            texts[n] = f.read(limit).decode("latin-1")
+                return names, texts
+        if path.name.endswith(".tar.zst"):
+            import zstandard
+            with path.open("rb") as fh:
+                data = zstandard.ZstdDecompressor().stream_reader(fh).read()
+            tar = tarfile.open(fileobj=io.BytesIO(data))
+        else:
+            try:
+                tar = tarfile.open(path, mode="r|*")  # streamed: one pass
+            except tarfile.TarError:
+                # tarfile's stream reader misreads some gzip headers
+                # (mksh-R59c.tgz); the random-access reader does not.
+                tar = tarfile.open(path)
+        names = []
+        try:
+            with tar:
+                for info in tar:
+                    names.append(info.name)
+                    if info.isfile() and info.name.rsplit("/", 1)[-1] in _SNIFFED and \
+                            info.name.count("/") <= 2:
+                        f = tar.extractfile(info)
+                        if f is not None:
+                            texts[info.name] = f.read(limit).decode("latin-1")
+        except (tarfile.TarError, OSError, EOFError):
+            if not names:
+                raise
+            # Trailing bytes after the last member (mksh-R59c.tgz) stop the
+            # stream; the members before them are all there.
+        return names, texts
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+        raise FetchError(f"{path.name} is not a readable archive: {err}",
+                         hint="the URL must point at a source tarball") from None
+
+
 def read_member(path: Path, member: str, limit: int = 1 << 20) -> str:
     """The start of one file inside an archive, as text ('' if absent)."""
     try:
@@ -329,8 +379,8 @@ def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
     tag_like = not re.match(r"^[A-Za-z][A-Za-z0-9+.]*[-_]", stem) and not stem.startswith(name)
     filename = f"{name}-{guessed}{suffix}" if suffix and tag_like else basename
     download = fetch_to_cache(url, cache, filename)
-    members = archive_members(download.path)
-    choice = pick_template(members, lambda m: read_member(download.path, m))
+    members, texts = archive_index(download.path)
+    choice = pick_template(members, lambda m: texts.get(m, ""))
     how = "given" if version else f"guessed from {basename}"
     notes: list[str] = [f"version {guessed} {how}"]
     if version_note:
