@@ -615,7 +615,8 @@ class _Converter:
                         if archive_suffix(out_real) else out_real
                     pretty = f"{stem}-{basename}" if not basename[:1].isalpha() else \
                         f"{stem}{ext}"
-                names.append(pretty)
+                if pretty:
+                    names.append(pretty)
             names.append(out_real)
         taken = {s.get("filename") or str(s.get("url", "")).rsplit("/", 1)[-1]
                  for s in self.sources}
@@ -668,14 +669,14 @@ class _Converter:
                 # Iglunix ignores ext when sub-package functions list the files.
                 self.todos.append(f"ext={ext} ignored: sub-package functions list the files")
                 continue
-            globs = EXT_GLOBS.get(ext)
+            ext_globs = EXT_GLOBS.get(ext)
             body = self.s.functions.get(f"package_{ext}")
-            if globs is None:
+            if ext_globs is None:
                 subs[ext] = CommentedSeq()
                 self.todos.append(f"sub-package {ext}: no default file list")
                 subs.yaml_add_eol_comment(f"TODO: list the files of {ext}", ext)
                 continue
-            subs[ext] = CommentedSeq(globs)
+            subs[ext] = CommentedSeq(ext_globs)
             main = self.s.functions.get("package", [])
             if not body:
                 continue

@@ -260,9 +260,9 @@ def archive_index(path: Path, limit: int = 1 << 18) -> tuple[list[str], dict[str
                     names.append(info.name)
                     if info.isfile() and info.name.rsplit("/", 1)[-1] in _SNIFFED and \
                             info.name.count("/") <= 2:
-                        f = tar.extractfile(info)
-                        if f is not None:
-                            texts[info.name] = f.read(limit).decode("latin-1")
+                        member = tar.extractfile(info)
+                        if member is not None:
+                            texts[info.name] = member.read(limit).decode("latin-1")
         except (tarfile.TarError, OSError, EOFError):
             if not names:
                 raise
@@ -289,8 +289,8 @@ def read_member(path: Path, member: str, limit: int = 1 << 20) -> str:
         else:
             tar = tarfile.open(path)
         with tar:
-            f = tar.extractfile(member)
-            return f.read(limit).decode("latin-1") if f else ""
+            found = tar.extractfile(member)
+            return found.read(limit).decode("latin-1") if found else ""
     except (KeyError, tarfile.TarError, zipfile.BadZipFile, OSError, EOFError):
         return ""
 
