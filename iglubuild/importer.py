@@ -299,6 +299,14 @@ class _Converter:
         raw = self.v.get("pkgver", "")
         self.version = resolve(raw, script.assigns) if raw else None
         self.used_assigns: set[str] = set()  # top-level variables translated somewhere
+        # Iglunix names its sub-package functions in subpkgs= (llvm, libedit).
+        listed = resolve(script.assigns["subpkgs"], script.assigns) \
+            if "subpkgs" in script.assigns else None
+        self.listed_subpackages = set(split_list(listed or ""))
+        if listed is not None:
+            self.used_assigns.add("subpkgs")
+            self.used_assigns.update(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)",
+                                                script.assigns["subpkgs"]))
         self.helpers = [f for f in script.functions if self._is_helper(f)]
         self.used_helpers: set[str] = set()
 
@@ -314,12 +322,15 @@ class _Converter:
             return False
         if fname.startswith("_"):
             return True
-        call = re.compile(rf"^(?:[^#]*[;&|]\s*)?{re.escape(fname)}(\s|;|$)")
-        return any(call.match(line.strip()) for other, body in self.s.functions.items()
-                   if other != fname for line in body)
+        if fname in self.listed_subpackages:
+            return False
+        return any(self._calls(body, fname) for other, body in self.s.functions.items()
+                   if other != fname)
 
     def _calls(self, lines: list[str], helper: str) -> bool:
-        call = re.compile(rf"(^|[;&|({{]\s*|\bthen\s+|\bdo\s+){re.escape(helper)}(\s|;|$)")
+        """Whether a line runs `helper` as a command (not `-DX="llvm;lld"`)."""
+        call = re.compile(rf"(^|[;&|(]\s+|&&\s*|\|\|\s*|\bthen\s+|\bdo\s+)"
+                          rf"{re.escape(helper)}(\s|$)")
         return any(call.search(s.strip()) for s in lines if not s.strip().startswith("#"))
 
     def _helper_defs(self, lines: list[str]) -> list[str]:
@@ -392,6 +403,7 @@ class _Converter:
         prelude: list[str] = []
         assigned = "\n".join(body)
         in_src = False
+        depth = 0  # folders below the source folder after `cd build` and the like
         has_cd = any(_CD_SRC.match(_joined(g)) for g in groups)
         for group in groups:
             cmd = _joined(group)
@@ -417,7 +429,14 @@ class _Converter:
                 out.append("cd ..")
             group = self._strip_bad_gmake(group)
             cmd = _joined(group)
+            cd = re.match(r"^cd\s+([^;&|$\s]+)$", cmd)
+            if cd and in_src:
+                parts = [p for p in cd.group(1).split("/") if p not in ("", ".")]
+                depth = 0 if cd.group(1).startswith("/") else \
+                    depth + sum(-1 if p == ".." else 1 for p in parts)
             for ref in re.findall(r"(?:\.\./)+[A-Za-z0-9_.+-]+", cmd):
+                if ref.count("../") <= depth:
+                    continue  # still inside the source folder (cd build; cmake ../llvm)
                 beside = self._beside(ref)
                 if beside is not None:
                     self._add_file_source(beside)

@@ -453,3 +453,13 @@ def test_imported_tree_lints_in_one_pass(cli, tmp_path: Path) -> None:
             raise AssertionError(f"unexpected problem: {line}")
     res = cli("--recipes", str(recipes), "lint")
     assert res.code == 0, res.err
+
+
+def test_llvm_subpackages_listed_in_subpkgs_are_not_helpers(tmp_path: Path) -> None:
+    """`-DLLVM_ENABLE_PROJECTS="llvm;lld;clang"` does not make lld() a helper."""
+    target = _import(FIXTURES / "base/llvm/build.sh", tmp_path)
+    r = load_recipe(target).recipe
+    assert {"lld", "libcxx", "clang"} <= set(r.subpackages)
+    assert "helper function" not in target.read_text()
+    # `cd build` then `cmake ../llvm`: still inside the source folder, no TODO.
+    assert "uses ../llvm" not in (r.build or "")
