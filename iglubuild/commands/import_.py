@@ -93,7 +93,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                                   force=args.force)
         except IglubuildError as err:
             failed += 1
-            print(f"error: {script}: {err.message}" + (f" (hint: {err.hint})" if err.hint else ""),
+            message = err.message if str(script) in err.message else f"{script}: {err.message}"
+            print(f"error: {message}" + (f" (hint: {err.hint})" if err.hint else ""),
                   file=sys.stderr)
             rows.append((label, "FAILED", "-", err.message))
             continue
