@@ -736,6 +736,17 @@ class _Converter:
                                   f"fix packages that depend on {fname}")
                 notes.append(f"Iglunix package {fname}, now {self.name}-{sub} (sub-package "
                              "names have no '-')")
+            sub_deps = [d for line in other
+                        if (m := re.match(r"^deps=(.*)$", line.strip()))
+                        for d in split_list(_unquote(m.group(1)))]
+            if sub_deps:
+                # The recipe format has no per-sub-package deps: say which
+                # ones Iglunix declared, so they are not lost.
+                self.todos.append(f"sub-package {sub} needs {', '.join(sub_deps)} "
+                                  "(Iglunix deps= of a sub-package; recipes have no "
+                                  "sub-package deps yet)")
+                notes.append(f"TODO: {self.name}-{sub} needs {', '.join(sub_deps)} at run time; "
+                             "recipes have no sub-package deps yet")
             if other or not globs:
                 self.todos.append(f"sub-package function {fname}() not fully translated")
                 notes.append(f"TODO: {fname}() was:\n" + "\n".join("  " + s for s in body))

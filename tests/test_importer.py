@@ -463,3 +463,12 @@ def test_llvm_subpackages_listed_in_subpkgs_are_not_helpers(tmp_path: Path) -> N
     assert "helper function" not in target.read_text()
     # `cd build` then `cmake ../llvm`: still inside the source folder, no TODO.
     assert "uses ../llvm" not in (r.build or "")
+
+
+def test_subpackage_deps_are_named_in_a_todo(tmp_path: Path) -> None:
+    """llvm's clang() says deps=...: recipes have no sub-package deps, so a TODO names them."""
+    text = _import(FIXTURES / "base/llvm/build.sh", tmp_path).read_text()
+    clang_deps = re.search(r"(?m)^\s*deps=(.*)$", "\n".join(
+        parse_build_sh(FIXTURES / "base/llvm/build.sh").functions["clang"])).group(1)  # type: ignore[union-attr]
+    needed = split_list(clang_deps.strip("\"'"))
+    assert f"# TODO: llvm-clang needs {', '.join(needed)} at run time" in text
