@@ -65,7 +65,8 @@ _TAR_X = re.compile(r"^(b?sd)?tar\s+-?[xzjJvf]*x[xzjJvf]*\s")
 _MKDIR_BUILD = re.compile(rf"""^mkdir\s+(-p\s+)?{_SRC_BASE}/(build)["']?$""")
 _CP_BESIDE = re.compile(r"^cp\s+((?:\.\./)+[A-Za-z0-9_.+*-]+)\s+(\.|" + _SRC_BASE +
                         r"""["']?(/[A-Za-z0-9_./-]*)?)$""")
-_CWD_FREE = re.compile(r"^(#.*|export\s+.*|[A-Za-z_][A-Za-z0-9_]*=\S*|return|:|true)?$")
+_CWD_FREE = re.compile(r"^(#.*|export\s+.*|[A-Za-z_][A-Za-z0-9_]*=\S*|return|:|true|"
+                       r"echo\s+[^<>|;&]*)?$")
 _PATCH = re.compile(r"^patch\s+(-p\d\s+)?(-i\s+|<\s*)(\S+)$")
 _FIND = re.compile(r"^find\s+(.+)$")
 _RETURN = re.compile(r"^(return|:|true)$")
@@ -930,7 +931,7 @@ def convert(path: Path, places: Sequence[Path] = ()) -> ImportResult:
         head.extend("  " + s for s in top)
     if top_comments:
         head.append("Comments from build.sh:")
-        head.extend("  " + s.strip().lstrip("#").strip() for s in top_comments)
+        head.extend(("  " + s.strip().lstrip("#").strip()).rstrip() for s in top_comments)
     doc.yaml_set_start_comment("\n".join(head))
 
     yaml = YAML()
