@@ -669,6 +669,7 @@ def collect_tree(root: Path, cache_file: Path | None = None) -> tuple[RecipeTree
     duplicates: list[LoadedRecipe] = []  # their deps are checked too
     used: set[str] = set()
     broken: set[str] = set()  # folders whose recipe failed: no "unknown dependency" noise
+    broken_paths: list[Path] = []  # their deps are still checked, from the raw YAML
     for path in find_recipe_files(root):
         lr, file_problems, key = _load_one(path, cache)
         if key:
@@ -676,6 +677,7 @@ def collect_tree(root: Path, cache_file: Path | None = None) -> tuple[RecipeTree
         problems.extend(file_problems)
         if lr is None:
             broken.add(path.parent.name)
+            broken_paths.append(path)
             continue
         if lr.name in seen:
             line, col = lr.locate(("name",))
@@ -691,7 +693,35 @@ def collect_tree(root: Path, cache_file: Path | None = None) -> tuple[RecipeTree
                 tree.unverified.append((lr.name, src.unverified))
     cache.save(used)
     problems.extend(_dependency_problems(tree, broken, duplicates))
+    problems.extend(_raw_dependency_problems(tree, broken, broken_paths))
     return tree, problems
+
+
+def _raw_dependency_problems(tree: RecipeTree, broken: set[str],
+                             paths: list[Path]) -> list[Problem]:
+    """Unknown deps of recipes that failed validation, read from their raw YAML,
+    so fixing the schema error does not reveal a second layer of problems."""
+    providers = set(tree.providers()) | broken
+    problems = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = _fast_yaml().load(text)
+        except Exception:  # noqa: BLE001 - unreadable or invalid YAML: already reported
+            continue
+        if not isinstance(data, dict):
+            continue
+        for field_name in ("deps", "makedeps"):
+            deps = data.get(field_name)
+            if not isinstance(deps, list):
+                continue
+            for i, dep in enumerate(deps):
+                if isinstance(dep, str) and NAME_RE.match(dep) and dep not in providers:
+                    line, col = locate(text, (field_name, i))
+                    problems.append(Problem(str(path), line, col,
+                                            f"unknown dependency {dep!r} in {field_name}",
+                                            "add a recipe for it or remove the dependency"))
+    return problems
 
 
 def _load_one(path: Path, cache: _Cache) -> tuple[LoadedRecipe | None, list[Problem], str]:

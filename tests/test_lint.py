@@ -27,8 +27,9 @@ def _tree(root: Path) -> None:
                  "subpackages:\n  dev: [usr/include]\n")
     write_recipe(root, "a", "name: a\nversion: '1'\ndeps: [b]\nsubpackages:\n"
                  "  dev: [usr/include]\n")
-    # A schema error: an unknown key, and a version that is not a string.
-    write_recipe(root, "bad", "name: bad\nversion: 1.10\nrelese: 2\n")
+    # A schema error: an unknown key, and a version that is not a string; its
+    # unknown dep is reported in the same run, not after the schema is fixed.
+    write_recipe(root, "bad", "name: bad\nversion: 1.10\nrelese: 2\ndeps: [musl, nope]\n")
 
 
 def test_lint_reports_all_four_kinds_in_one_run(cli, tmp_path: Path) -> None:
@@ -50,6 +51,7 @@ def test_lint_reports_all_four_kinds_in_one_run(cli, tmp_path: Path) -> None:
     assert ("base/b/recipe.yaml", "dependency cycle: a -> b -> a") in messages
     assert any(f == "base/bad/recipe.yaml" and "relese" in m for f, m in messages)
     assert any(f == "base/bad/recipe.yaml" and m.startswith("version") for f, m in messages)
+    assert ("base/bad/recipe.yaml", "unknown dependency 'nope' in deps") in messages
 
 
 def test_lint_after_fixing_finds_nothing_new(cli, tmp_path: Path) -> None:
