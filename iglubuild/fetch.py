@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from iglubuild import __version__
+from iglubuild import __version__, integrity
 from iglubuild.errors import FetchError
 from iglubuild.settings import Settings
 
@@ -204,6 +204,11 @@ def cached_path(source: SourceLike, settings: Settings) -> Path:
     if not path.is_file():
         raise FetchError(f"{source_name(source)}: not in the distfiles cache ({path})",
                          hint="run `iglubuild fetch NAME` first")
+    if not integrity.verify(path, algo, hexsum):
+        integrity.drop(path)
+        raise FetchError(f"{source_name(source)}: the cached file {path} changed since it was "
+                         f"fetched ({algo} mismatch); dropped it",
+                         hint="run `iglubuild fetch NAME` to download it again")
     return path
 
 
@@ -241,6 +246,7 @@ def store(path: Path, sums: dict[str, str], filename: str, settings: Settings) -
     entry.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o644)
     os.replace(path, entry)
+    integrity.seal(entry, algo, sums[algo])
     _link_name(settings.distfiles_dir, filename, entry)
     return entry
 
@@ -437,6 +443,8 @@ class Downloader:
             url, size = self._from_candidates(job)
             os.chmod(job.partial, 0o644)
             os.replace(job.partial, job.entry)
+            algo, hexsum = _cache_key(job.sums)
+            integrity.seal(job.entry, algo, hexsum)
             done()
             return url, size
 
@@ -728,13 +736,25 @@ def fetch_sources(
             sharing[entry].append((package, source))
             continue
         sharing[entry] = []
+        altered = False
         if os.path.isfile(entry):
-            _link_name(distfiles, source_name(source), entry)
-            primary[entry] = Outcome(package, source_name(source), "reused", path=entry)
-        elif settings.offline:
+            # Verified on use (see iglubuild/integrity.py): a changed file is
+            # dropped and fetched again, never reused.
+            if integrity.verify(entry, algo, hexsum):
+                _link_name(distfiles, source_name(source), entry)
+                primary[entry] = Outcome(package, source_name(source), "reused", path=entry)
+                continue
+            integrity.drop(entry)
+            altered = True
+            if not settings.offline:  # offline, the failure below says it
+                log.warning("%s: cached file %s changed since it was fetched; dropped it, "
+                            "downloading again", source_name(source), entry)
+        if settings.offline:
+            what = ("the cached file changed since it was fetched (dropped it)" if altered
+                    else "not in the distfiles cache")
             primary[entry] = Outcome(
                 package, source_name(source), "failed",
-                problem=f"not in the distfiles cache and --offline is set ({algo} {hexsum})")
+                problem=f"{what} and --offline is set ({algo} {hexsum})")
         else:
             to_download.append(_Job(package, source, sums, entry,
                                     distfiles / ".partial" / f"{algo}-{hexsum}"))

@@ -37,6 +37,7 @@ from typing import Any
 
 import zstandard
 
+from iglubuild import integrity
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError
 
@@ -288,6 +289,7 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    integrity.seal_artifact(final)  # checked before every use (status, sysroot, image)
     return final
 
 
@@ -469,6 +471,10 @@ def install_artifact(artifact: Path, root: Path | RootTree, *,
     another package already installed is a FileConflictError naming both
     packages, unless `overwrite`. As root, members get the owner they ask for.
     """
+    if artifact.is_file() and not integrity.artifact_intact(artifact):
+        raise PackageError(f"{artifact}: changed since it was packed (its sha256 differs "
+                           "from the one recorded then)",
+                           hint=f"build {package_name(artifact)} again (pkg --force)")
     tree = root if isinstance(root, RootTree) else RootTree(root)
     base = tree.path
     base.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
+from iglubuild.integrity import artifact_intact
 
 if TYPE_CHECKING:  # the recipe model and the graph load pydantic and networkx
     from iglubuild.graph import DepGraph
@@ -464,4 +465,7 @@ def _status(record: Record | None, inputs: Inputs, signature: str) -> tuple[Stat
     missing = [a for a in record.artifacts if not os.path.exists(a)]
     if missing:
         return Status.OUTDATED, [f"artifact missing: {missing[0]}"]
+    altered = [a for a in record.artifacts if not artifact_intact(Path(a))]
+    if altered:
+        return Status.OUTDATED, [f"artifact changed since it was packed: {altered[0]}"]
     return Status.UP_TO_DATE, []

@@ -1,0 +1,223 @@
+"""Hostile input and faults (issue 16): each case as the attack or fault was tried.
+
+Every test runs the real thing (the CLI in-process, a real HTTP server on
+127.0.0.1, real tarballs, the real packer), asserts the one clear refusal
+line and its exit code, and that nothing outside the build dir changed.
+Tests of unbounded input (endless bodies, bombs) run on a small tmpfs
+(`small_fs`), so a regression fills 300 MB, not the machine's disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from iglubuild.commands._common import load
+from iglubuild.errors import FetchError
+from iglubuild.executors import make_executor
+from iglubuild.package import PackageError, PackageInfo, install_artifact, pack
+from iglubuild.plan import StateStore, make_plan
+from iglubuild.settings import Settings
+from tests.conftest import CliResult, write_recipe
+from tests.fault_server import FaultServer
+
+Cli = Callable[..., CliResult]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tarball(top: str, files: dict[str, bytes]) -> bytes:
+    """A real .tar.gz holding `files` under the folder `top`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(top)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        tar.addfile(info)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int, int]]:
+    """(mode, size, mtime) of everything under `root` except the `skip` folder."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if Path(dirpath, d) != skip]
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            found[os.path.relpath(os.path.join(dirpath, name), root)] = (
+                st.st_mode, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def one_error(res: CliResult) -> str:
+    """The single `error:` line of a run, asserting there is one and no traceback."""
+    assert "Traceback" not in res.err, res.err
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, res.err
+    return errors[0]
+
+
+def flip_byte(path: Path, offset: int = -10) -> None:
+    """Change one byte of a file in place (as a disk error or a hand edit would)."""
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    with open(path, "r+b") as f:  # same inode: only the stamp can tell
+        f.write(data)
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def build_dir(tmp_path: Path) -> Path:
+    return tmp_path / "build"
+
+
+# ------------------------------------------------ 4: a corrupted cache is trusted
+
+
+def hello_recipe(recipes: Path, server: FaultServer, data: bytes, extra: str = "") -> None:
+    server.add("/dl/hello-1.0.tar.gz", data)
+    write_recipe(recipes, "hello", f"""
+        name: hello
+        version: "1.0"
+        sources:
+          - url: {server.base}/dl/hello-{{version}}.tar.gz
+            sha256: {sha256(data)}
+        {extra}
+        package: |
+          mkdir -p "$pkgdir/usr/share"
+          cp hello.txt "$pkgdir/usr/share/"
+        """)
+
+
+def test_4_altered_cache_entry_is_dropped_and_fetched_again(
+        cli: Cli, recipes: Path, tmp_path: Path, server: FaultServer, build_dir: Path) -> None:
+    data = tarball("hello-1.0", {"hello.txt": b"hello\n"})
+    hello_recipe(recipes, server, data)
+    base = ["--recipes", str(recipes)]
+    assert cli(*base, "fetch", "hello").code == 0
+    entry = build_dir / "distfiles" / "by-sha256" / sha256(data)
+    assert entry.read_bytes() == data
+    before = snapshot(tmp_path, build_dir)
+
+    flip_byte(entry)
+    res = cli(*base, "fetch", "hello")
+    assert res.code == 0, res.err
+    assert "downloaded 1" in res.err and "reused 0" in res.err
+    assert entry.read_bytes() == data
+    assert len(server.requests_for("/dl/hello-1.0.tar.gz")) == 2
+
+    # Offline there is nothing to fetch it from: exit 3, one line, entry gone.
+    flip_byte(entry)
+    res = cli(*base, "--offline", "pkg", "--force", "hello", "hello")
+    assert res.code == 3, res.err
+    line = one_error(res)
+    assert "changed since it was fetched" in line and "--offline" in line
+    assert not entry.exists()
+    assert snapshot(tmp_path, build_dir) == before
+
+
+def test_4_unpack_checks_the_cache_entry_again(
+        cli: Cli, recipes: Path, server: FaultServer, build_dir: Path) -> None:
+    """Between fetch and unpack the entry changes: unpack refuses it (exit 3)."""
+    from iglubuild.recipe import load_tree
+    from iglubuild.unpack import prepare_source
+
+    data = tarball("hello-1.0", {"hello.txt": b"hello\n"})
+    hello_recipe(recipes, server, data)
+    assert cli("--recipes", str(recipes), "fetch", "hello").code == 0
+    entry = build_dir / "distfiles" / "by-sha256" / sha256(data)
+    flip_byte(entry)
+    settings = Settings(recipes=recipes, build_dir=build_dir)
+    with pytest.raises(FetchError) as info:
+        prepare_source(load_tree(recipes).recipes["hello"], settings, build_dir / "work" / "h")
+    assert "changed since it was fetched" in info.value.message
+    assert info.value.exit_code == 3
+    assert not entry.exists() and not (build_dir / "work" / "h" / "src").exists()
+
+
+def test_4_stamp_survives_a_touch_back(tmp_path: Path) -> None:
+    """Rewriting the content and restoring the mtime (touch -r) is still caught: ctime moved."""
+    from iglubuild import integrity
+
+    f = tmp_path / "entry"
+    f.write_bytes(b"good content\n")
+    integrity.seal(f, "sha256", sha256(b"good content\n"))
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.write(b"evil")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not integrity.verify(f, "sha256", sha256(b"good content\n"))
+
+
+# ------------------------------------------- 5: a flipped byte in a built package
+
+
+def built_hello(recipes: Path, build_dir: Path, tmp_path: Path) -> Path:
+    """hello packed by the real packer, recorded as built like the engine does."""
+    write_recipe(recipes, "hello", """
+        name: hello
+        version: "1.0"
+        package: |
+          true
+        """)
+    pkgdir = tmp_path / "pkgdir"
+    (pkgdir / "usr" / "bin").mkdir(parents=True)
+    (pkgdir / "usr" / "bin" / "hello").write_bytes(b"#!/bin/sh\necho hello\n" * 50)
+    settings = Settings(recipes=recipes, build_dir=build_dir)
+    artifact = pack(pkgdir, ["usr", "usr/bin", "usr/bin/hello"],
+                    PackageInfo("hello", "1.0", 1, "x86_64"), settings.packages_dir())
+    tree, graph = load(settings)
+    state = StateStore(build_dir)
+    plan = make_plan(tree, graph, make_executor(settings).toolchain_id(), state)
+    state.write(plan.packages["hello"].new_record("built", duration=1.0, artifacts=[artifact]))
+    return artifact
+
+
+def test_5_flipped_byte_in_an_artifact_is_noticed(
+        cli: Cli, recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    artifact = built_hello(recipes, build_dir, tmp_path)
+    base = ["--recipes", str(recipes)]
+    res = cli(*base, "status", "hello")
+    assert res.code == 0 and "hello" in res.out and "built" in res.out
+    before = snapshot(tmp_path, build_dir)
+
+    flip_byte(artifact, offset=len(artifact.read_bytes()) // 2)
+    res = cli(*base, "status", "hello")
+    assert res.code == 0, res.err
+    assert "outdated (artifact changed since it was packed" in res.out
+    # `pkg` plans from the same status: it is not up to date any more.
+    res = cli(*base, "pkg", "--dry-run", "hello")
+    assert "up to date" not in res.out.replace("0 up to date", "")
+
+    # Neither a sysroot nor the image installs it.
+    with pytest.raises(PackageError) as info:
+        install_artifact(artifact, tmp_path / "sysroot")
+    assert "changed since it was packed" in info.value.message
+    res = cli(*base, "image", "--packages", "hello", "--kernel", str(artifact))
+    assert res.code == 1, res.err
+    assert "changed since it was packed" in one_error(res)
+    assert not (build_dir / "iglunix.img").exists()
+    assert snapshot(tmp_path, build_dir) == {**before, **{
+        k: v for k, v in snapshot(tmp_path, build_dir).items() if k.startswith("sysroot")}}
