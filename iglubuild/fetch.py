@@ -295,6 +295,48 @@ class _GaveUp(Exception):
     """Retries exhausted on connection errors, timeouts or 5xx."""
 
 
+class _TooBig(Exception):
+    """The body is bigger than the download limit: the partial file is dropped."""
+
+
+class _TooSlow(Exception):
+    """The body came slower than the minimum rate (a trickle): the partial file is kept."""
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """How big and how slow one download may be (see Settings.max_download, min_rate)."""
+
+    max_bytes: int
+    from_recipe: bool  # max_bytes is the source's own `size:`
+    min_rate: int
+    window: float
+
+    @classmethod
+    def of(cls, source: SourceLike, settings: Settings) -> _Limits:
+        size = getattr(source, "size", None)  # getattr: recipes cached before `size:`
+        if isinstance(size, int) and size > 0:
+            return cls(size, True, settings.min_rate, settings.rate_window)
+        return cls(settings.max_download, False, settings.min_rate, settings.rate_window)
+
+    def too_big(self, what: str) -> _TooBig:
+        if self.from_recipe:
+            return _TooBig(f"{what} is bigger than the recipe's `size: {self.max_bytes}`; "
+                           "dropped it (fix `size:` if upstream's file really grew)")
+        return _TooBig(f"{what} is bigger than the download limit of "
+                       f"{_mib(self.max_bytes)}; dropped it (raise it with --max-download "
+                       "or IGLUBUILD_MAX_DOWNLOAD, or give the source a `size:`)")
+
+    def too_slow(self, rate: float) -> _TooSlow:
+        return _TooSlow(f"download slower than the minimum rate: {rate:.0f} bytes/s over "
+                        f"{self.window:g} s, at least {self.min_rate} bytes/s wanted (lower it "
+                        "with --min-rate or IGLUBUILD_MIN_RATE, or widen --rate-window)")
+
+
 class _Restart(Exception):
     """The partial file cannot be continued: drop it and start over."""
 
@@ -479,7 +521,11 @@ class Downloader:
             where = f"{url} (mirror {mirror})" if mirror else url
             try:
                 return url, self._fetch_url(url, job)
-            except (_NotThere, _Mismatch, _GaveUp) as exc:
+            except _TooBig as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    job.partial.unlink()  # never keep the start of an endless body
+                tried.append(f"{where}: {exc}")
+            except (_NotThere, _Mismatch, _GaveUp, _TooSlow) as exc:
                 tried.append(f"{where}: {exc}")
         if not tried:
             tried.append("no URL to try (no url and no mirror)")
@@ -527,9 +573,12 @@ class Downloader:
             raise _NotThere("no such file") from exc
         hashers = _Hashers(job.algos)
         size = 0
+        limits = _Limits.of(job.source, self.settings)
         with src, open(job.partial, "wb") as out, \
                 self._bar(source_name(job.source), os.fstat(src.fileno()).st_size) as bar:
             while chunk := src.read(_BUF):
+                if size + len(chunk) > limits.max_bytes:  # file:///dev/zero
+                    raise limits.too_big("the file")
                 out.write(chunk)
                 hashers.update(chunk)
                 size += len(chunk)
@@ -626,10 +675,13 @@ class Downloader:
                 resumed = False
             else:
                 raise _NotThere(f"unexpected HTTP {status} {resp.reason_phrase}")
+            limits = _Limits.of(job.source, self.settings)
+            if total is not None and total > limits.max_bytes:
+                raise limits.too_big(f"the announced size ({total} bytes)")
             size = offset
             with open(job.partial, mode) as out, \
                     self._bar(source_name(job.source), total, initial=offset) as bar:
-                size += _stream(resp, out, hashers, bar, self.cancelled)
+                size += _stream(resp, out, hashers, bar, self.cancelled, limits, offset)
         if self.cancelled.is_set():
             # The body may have ended only because the client was closed.
             raise _Cancelled()
@@ -646,19 +698,36 @@ class _Cancelled(Exception):
 
 
 def _stream(resp: httpx.Response, out: IO[bytes], hashers: _Hashers, bar: tqdm | None,
-            cancelled: threading.Event) -> int:
-    """Body to file and hashers in one pass; returns the byte count."""
+            cancelled: threading.Event, limits: _Limits, offset: int = 0) -> int:
+    """Body to file and hashers in one pass; returns the byte count.
+
+    Stops a body that grows past `limits.max_bytes` (counting the `offset`
+    bytes already kept) and one that, over any `limits.window` seconds,
+    brings less than `limits.min_rate` bytes a second: the read timeout
+    alone only catches silence, not a byte every few seconds.
+    """
     n = 0
     write = out.write
     update = hashers.update
+    room = limits.max_bytes - offset
+    window_start = time.monotonic()
+    window_bytes = 0
     for chunk in resp.iter_raw():
         if cancelled.is_set():
             raise _Cancelled()
+        n += len(chunk)
+        if n > room:
+            raise limits.too_big("the body")
         write(chunk)
         update(chunk)
-        n += len(chunk)
         if bar is not None:
             bar.update(len(chunk))
+        window_bytes += len(chunk)
+        elapsed = time.monotonic() - window_start
+        if elapsed >= limits.window:
+            if window_bytes / elapsed < limits.min_rate:
+                raise limits.too_slow(window_bytes / elapsed)
+            window_start, window_bytes = time.monotonic(), 0
     return n
 
 

@@ -90,6 +90,9 @@ class Source(BaseModel):
         default=None,
         description="why no checksum is given yet; fetch refuses such a source",
     )
+    size: StrictInt | None = Field(
+        default=None, ge=1, description="exact size in bytes; a bigger download is cut off"
+    )
 
     @field_validator("sha256", "sha512")
     @classmethod

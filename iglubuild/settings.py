@@ -36,6 +36,27 @@ def _executor(text: str) -> ExecutorName:
     return ExecutorName(text)
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`4G`, `512M`, `64K`, `1.5GiB`, `1000` (bytes) -> bytes; at least 1."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    number = float(raw[: len(raw) - len(unit)] if unit else raw)
+    value = int(number * _SIZE_UNITS[unit])
+    if value < 1:
+        raise ValueError("must be at least 1 byte")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -86,6 +107,17 @@ OPTIONS: tuple[Option, ...] = (
         "offline", "--offline", "IGLUBUILD_OFFLINE", _bool,
         "never download: use only the distfiles cache", is_flag=True,
     ),
+    # Limits on what hostile or broken input can make grow (issue 16).
+    Option("max_download", "--max-download", "IGLUBUILD_MAX_DOWNLOAD", parse_size,
+           "largest download accepted (4G); a source's `size:` is exact", "SIZE"),
+    Option("min_rate", "--min-rate", "IGLUBUILD_MIN_RATE", parse_size,
+           "slowest download rate accepted, bytes/s over --rate-window (1K)", "SIZE"),
+    Option("rate_window", "--rate-window", "IGLUBUILD_RATE_WINDOW", _positive_float,
+           "seconds over which --min-rate is measured (60)", "SECONDS"),
+    Option("max_unpacked", "--max-unpacked", "IGLUBUILD_MAX_UNPACKED", parse_size,
+           "largest unpacked size of one archive (16G)", "SIZE"),
+    Option("max_ratio", "--max-ratio", "IGLUBUILD_MAX_RATIO", _positive_float,
+           "largest unpacked/packed size ratio of one archive (200)", "N"),
 )
 
 
@@ -101,6 +133,11 @@ class Settings:
     executor: ExecutorName = ExecutorName.HOST
     farm: bool = False
     offline: bool = False
+    max_download: int = 4 << 30
+    min_rate: int = 1 << 10
+    rate_window: float = 60.0
+    max_unpacked: int = 16 << 30
+    max_ratio: float = 200.0
     debug: bool = False
     project_root: Path = Path(".")
 

@@ -26,6 +26,7 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,45 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class UnpackError(BuildError):
     """An archive is unsafe or unreadable; nothing of it was kept."""
+
+
+def _size_text(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How big an archive may unpack (Settings.max_unpacked, max_ratio).
+
+    The ratio (unpacked over packed bytes) stops a bomb early, long before the
+    size limit: source tarballs unpack to 3-10 times their size, a gzip or
+    xz bomb to thousands. Below `ratio_floor` unpacked bytes any ratio is
+    fine (a small archive of text can be very compressible).
+    """
+
+    max_bytes: int = 16 << 30
+    max_ratio: float = 200.0
+    ratio_floor: int = 64 << 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UnpackLimits:
+        return cls(settings.max_unpacked, settings.max_ratio)
+
+    def check(self, archive: str, unpacked: int, packed: int) -> None:
+        """Raise UnpackError once `unpacked` bytes are more than the limits allow."""
+        if unpacked > self.max_bytes:
+            raise UnpackError(
+                f"{archive}: refusing to unpack: it unpacks to more than "
+                f"{_size_text(self.max_bytes)} (the unpacked size limit)",
+                hint="raise it with --max-unpacked or IGLUBUILD_MAX_UNPACKED if the "
+                     "archive is genuine; nothing was unpacked")
+        if unpacked > self.ratio_floor and unpacked > self.max_ratio * max(packed, 1):
+            raise UnpackError(
+                f"{archive}: refusing to unpack: it unpacks to more than "
+                f"{self.max_ratio:g} times its size ({_size_text(unpacked)} from "
+                f"{_size_text(packed)}; the ratio limit)",
+                hint="an archive bomb? raise it with --max-ratio or IGLUBUILD_MAX_RATIO if "
+                     "the archive is genuine; nothing was unpacked")
 
 
 class PatchError(BuildError):
@@ -176,19 +216,39 @@ def _check_tar(members: Sequence[tarfile.TarInfo], archive: str) -> None:
             raise checker.refuse(m.name, f"has an unsupported type {m.type!r}")
 
 
-def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path) -> None:
+def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path,
+                 limits: UnpackLimits) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
+    packed = os.path.getsize(path)
+    archive = path.name
     if kind == "zst" or magic == _ZSTD_MAGIC:
         # tarfile has no zstd; decompress to a plain tar first, which also
-        # lets the check pass and the extraction pass seek freely.
+        # lets the check pass and the extraction pass seek freely. Bounded:
+        # a zstd bomb stops at the limits, not when the disk is full.
         plain = scratch / (path.name + ".tar")
-        with open(path, "rb") as src, open(plain, "wb") as out:
-            zstandard.ZstdDecompressor().copy_stream(src, out)
+        try:
+            with open(path, "rb") as src, open(plain, "wb") as out, \
+                    zstandard.ZstdDecompressor().stream_reader(src) as reader:
+                written = 0
+                while chunk := reader.read(1 << 20):
+                    written += len(chunk)
+                    limits.check(archive, written, packed)
+                    out.write(chunk)
+        except zstandard.ZstdError as exc:
+            raise UnpackError(f"{archive}: cannot unpack: {exc}",
+                              hint="is the file a valid archive?") from exc
         path = plain
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
+            # Member by member, so a bomb's first huge header stops it before
+            # its data is decompressed (getmembers() would read it all).
+            members = []
+            total = 0
+            while (member := tar.next()) is not None:
+                members.append(member)
+                total += member.size
+                limits.check(archive, total, packed)
             _check_tar(members, path.name)
             # The data filter refuses what the check above refuses and also
             # drops set-uid bits and ownership: a second line of defence.
@@ -203,11 +263,14 @@ def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path) -> None:
 # -- zip ----------------------------------------------------------------------
 
 
-def _extract_zip(path: Path, dest: Path) -> None:
+def _extract_zip(path: Path, dest: Path, limits: UnpackLimits) -> None:
     checker = _Checker(path.name)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            # zipfile never reads a member past its declared size, so the
+            # declared sizes bound what is written.
+            limits.check(path.name, sum(i.file_size for i in infos), os.path.getsize(path))
             plan: list[tuple[zipfile.ZipInfo, str, str | None]] = []
             for info in infos:
                 mode = info.external_attr >> 16
@@ -249,7 +312,8 @@ def _extract_zip(path: Path, dest: Path) -> None:
 # -- the stage ----------------------------------------------------------------
 
 
-def unpack_archive(path: Path, dest: Path, *, name: str | None = None) -> Path | None:
+def unpack_archive(path: Path, dest: Path, *, name: str | None = None,
+                   limits: UnpackLimits | None = None) -> Path | None:
     """Unpack `path` into the empty folder `dest`; refuse unsafe archives.
 
     Returns the single top-level folder if the archive has one, else None.
@@ -262,11 +326,12 @@ def unpack_archive(path: Path, dest: Path, *, name: str | None = None) -> Path |
                           hint="tar (gz, bz2, xz, zst) and zip are supported")
     scratch = dest.parent / f".{dest.name}.scratch"
     scratch.mkdir(exist_ok=True)
+    limits = limits or UnpackLimits()
     try:
         if kind == "zip":
-            _extract_zip(path, dest)
+            _extract_zip(path, dest, limits)
         else:
-            _extract_tar(path, kind, dest, scratch)
+            _extract_tar(path, kind, dest, scratch, limits)
     except BaseException:
         _empty(dest)
         raise
@@ -353,7 +418,8 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
                 continue
             staging = tmp / f".unpack-{index}"
             staging.mkdir()
-            top = unpack_archive(path, staging, name=name)
+            top = unpack_archive(path, staging, name=name,
+                                 limits=UnpackLimits.from_settings(settings))
             if top is not None:
                 placed = _move_in(top, tmp, name)
                 staging.rmdir()

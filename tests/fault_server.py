@@ -15,6 +15,9 @@ bottleneck in benchmarks, and can misbehave per path:
     redirect      302 to `target`
     no-range      ignore Range headers (always 200 with the whole file)
     bad-range     answer a Range request with a 206 whose Content-Range is wrong
+    endless       a body without Content-Length that never ends (zeros until the
+                  client hangs up); with `status` 200 and `after` set, announce
+                  `after` as Content-Length but keep sending
 
 `times` limits a fault to the first N requests of that path (None: always).
 Every request is recorded in `requests` as (path, Range header or None, status).
@@ -78,6 +81,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
+        if fault is not None and fault.kind == "endless":
+            return self._endless(path, rng, fault)
         if body is None:
             return self._simple(path, rng, 404)
         size = body.stat().st_size if isinstance(body, Path) else len(body)
@@ -142,6 +147,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         return None
 
+    def _endless(self, path: str, rng: str | None, fault: Fault) -> None:
+        self.server.owner.record(path, rng, 200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if fault.after is not None:
+            self.send_header("Content-Length", str(fault.after))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        zeros = bytes(1 << 16)
+        sent = 0
+        try:
+            while sent < (1 << 40):  # 1 TiB: "never" for any test
+                self.wfile.write(zeros)
+                sent += len(zeros)
+                with self.server.owner._lock:
+                    self.server.owner.endless_sent = sent
+        except OSError:
+            pass  # the client hung up, as it should
+
     def _send(self, body: Path | bytes, offset: int, count: int) -> None:
         if count <= 0:
             return
@@ -188,6 +213,7 @@ class FaultServer:
         self.connections = 0  # TCP connections accepted (keep-alive reuses them)
         self.max_active = 0  # most requests served at once
         self.handler_errors: list[str] = []  # exceptions of request handlers (see _Server)
+        self.endless_sent = 0  # bytes an `endless` fault sent before the client hung up
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self

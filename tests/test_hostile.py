@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
+import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from iglubuild.package import PackageError, PackageInfo, install_artifact, pack
 from iglubuild.plan import StateStore, make_plan
 from iglubuild.settings import Settings
 from tests.conftest import CliResult, write_recipe
-from tests.fault_server import FaultServer
+from tests.fault_server import Fault, FaultServer
 
 Cli = Callable[..., CliResult]
 
@@ -91,6 +94,21 @@ def server() -> Iterator[FaultServer]:
 @pytest.fixture
 def build_dir(tmp_path: Path) -> Path:
     return tmp_path / "build"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path, size: str = "300m") -> Iterator[Path]:
+    """A tmpfs of 300 MB: where unbounded input may land if a limit regresses."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 # ------------------------------------------------ 4: a corrupted cache is trusted
@@ -221,3 +239,136 @@ def test_5_flipped_byte_in_an_artifact_is_noticed(
     assert not (build_dir / "iglunix.img").exists()
     assert snapshot(tmp_path, build_dir) == {**before, **{
         k: v for k, v in snapshot(tmp_path, build_dir).items() if k.startswith("sysroot")}}
+
+
+# ------------------------------------ 6 & 7: downloads and archives without limits
+
+
+def endless_recipe(recipes: Path, server: FaultServer, fault: Fault, extra: str = "") -> str:
+    path = "/dl/endless-1.0.tar.gz"
+    real = b"the real file\n"
+    server.add(path, real, fault)
+    write_recipe(recipes, "endless", f"""
+        name: endless
+        version: "1.0"
+        sources:
+          - url: {server.base}{path}
+            sha256: {sha256(real)}
+            {extra}
+        """)
+    return path
+
+
+def test_6_endless_body_stops_at_the_download_limit(
+        cli: Cli, recipes: Path, tmp_path: Path, server: FaultServer, small_fs: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    endless_recipe(recipes, server, Fault("endless"))
+    monkeypatch.setenv("IGLUBUILD_MAX_DOWNLOAD", "20M")
+    before = snapshot(tmp_path, small_fs)
+    res = cli("--recipes", str(recipes), "--build-dir", str(small_fs / "build"),
+              "fetch", "endless")
+    assert res.code == 3, res.err
+    line = one_error(res)
+    assert "bigger than the download limit of 20.0 MiB" in line and "--max-download" in line
+    assert server.endless_sent < 40 << 20
+    partial = small_fs / "build" / "distfiles" / ".partial"
+    assert [p.name for p in partial.iterdir() if not p.name.endswith(".lock")] == []
+    assert not list((small_fs / "build" / "distfiles" / "by-sha256").iterdir())
+    assert snapshot(tmp_path, small_fs) == before
+
+
+def test_6_recipe_size_is_exact_and_a_huge_announced_length_is_refused_at_once(
+        cli: Cli, recipes: Path, server: FaultServer, small_fs: Path) -> None:
+    endless_recipe(recipes, server, Fault("endless"), extra="size: 4096")
+    base = ["--recipes", str(recipes), "--build-dir", str(small_fs / "build")]
+    res = cli(*base, "fetch", "endless")
+    assert res.code == 3 and "bigger than the recipe's `size: 4096`" in one_error(res)
+    assert server.endless_sent < 8 << 20
+    endless_recipe(recipes, server, Fault("endless", after=1 << 40))
+    start = time.monotonic()
+    res = cli(*base, "fetch", "endless")
+    assert res.code == 3, res.err
+    assert "the announced size (1099511627776 bytes) is bigger than the download limit" \
+        in one_error(res)
+    assert time.monotonic() - start < 10
+
+
+def test_7_trickle_ends_with_exit_3(
+        cli: Cli, recipes: Path, tmp_path: Path, server: FaultServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = "/dl/slow-1.0.tar.gz"
+    data = b"x" * 2000
+    server.add(path, data, Fault("trickle", chunk=1, delay=0.1))
+    write_recipe(recipes, "slow", f"""
+        name: slow
+        version: "1.0"
+        sources:
+          - url: {server.base}{path}
+            sha256: {sha256(data)}
+        """)
+    monkeypatch.setenv("IGLUBUILD_RATE_WINDOW", "1.5")
+    start = time.monotonic()
+    res = cli("--recipes", str(recipes), "fetch", "slow")
+    assert res.code == 3, res.err
+    line = one_error(res)
+    assert "slower than the minimum rate" in line and "at least 1024 bytes/s" in line
+    assert "--min-rate" in line
+    assert time.monotonic() - start < 15  # one window per try, not 2000 * 0.1 s
+
+
+class _Zeros(io.RawIOBase):
+    """`n` zero bytes, read without holding them (the bomb's content)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def bomb(path: Path, size: int) -> Path:
+    """A real archive whose one member is `size` zero bytes (compressed by its suffix)."""
+    info = tarfile.TarInfo("bomb-1.0/zeros")
+    info.size = size
+    if path.name.endswith(".tar.zst"):
+        import zstandard
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            tar.addfile(info, io.BufferedReader(_Zeros(size)))
+        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(raw.getvalue()))
+    elif path.name.endswith(".tar.xz"):
+        with lzma.open(path, "wb", preset=0) as xz, tarfile.open(fileobj=xz, mode="w") as tar:
+            tar.addfile(info, io.BufferedReader(_Zeros(size)))
+    else:
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            tar.addfile(info, io.BufferedReader(_Zeros(size)))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.xz", ".tar.zst"])
+def test_6_archive_bomb_stops_early(suffix: str, tmp_path: Path, small_fs: Path) -> None:
+    from iglubuild.unpack import UnpackError, UnpackLimits, unpack_archive
+
+    archive = bomb(tmp_path / f"bomb-1.0{suffix}", 256 << 20)
+    assert archive.stat().st_size < 2 << 20
+    dest = small_fs / "work" / "src"
+    dest.mkdir(parents=True)
+    settings = Settings(build_dir=small_fs)
+    with pytest.raises(UnpackError) as info:
+        unpack_archive(archive, dest, limits=UnpackLimits.from_settings(settings))
+    assert "more than 200 times its size" in info.value.message
+    assert "--max-ratio" in (info.value.hint or "")
+    assert list(dest.iterdir()) == [] and sorted(p.name for p in dest.parent.iterdir()) == ["src"]
+    # The size limit on its own (ratio allowed): stops at 100 MiB, not at 256.
+    with pytest.raises(UnpackError) as info:
+        unpack_archive(archive, dest, limits=UnpackLimits(100 << 20, 1e9))
+    assert "more than 100.0 MiB (the unpacked size limit)" in info.value.message
+    assert "--max-unpacked" in (info.value.hint or "")
+    assert list(dest.iterdir()) == []
