@@ -372,3 +372,39 @@ def test_6_archive_bomb_stops_early(suffix: str, tmp_path: Path, small_fs: Path)
     assert "more than 100.0 MiB (the unpacked size limit)" in info.value.message
     assert "--max-unpacked" in (info.value.hint or "")
     assert list(dest.iterdir()) == []
+
+
+# ------------------------------------------------------- 8: YAML alias bomb, nesting
+
+
+def billion_laughs(levels: int = 10) -> str:
+    lines = ['name: lol', 'version: "1"', 'a0: &a0 [' + ",".join(['"lol"'] * 9) + ']']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("verb", ["lint", "status"])
+def test_8_yaml_alias_bomb_is_refused_at_once(verb: str, cli: Cli, recipes: Path) -> None:
+    path = write_recipe(recipes, "lol", billion_laughs())
+    start = time.monotonic()
+    res = cli("--recipes", str(recipes), verb, *([str(path)] if verb == "lint" else []))
+    assert time.monotonic() - start < 5  # was: minutes, deaf to Ctrl-C
+    assert res.code == 2, res.err
+    line = one_error(res)
+    assert f"{path}:8:" in line and "expands to more than 100000 values" in line
+
+
+def test_8_deep_nesting_is_refused_not_a_crash(tmp_path: Path, recipes: Path) -> None:
+    """100 000 `[` crashed the C composer (SIGSEGV); run in a child to see a crash."""
+    import sys
+
+    path = write_recipe(recipes, "deep", 'name: deep\nversion: "1"\na: '
+                        + "[" * 100_000 + "]" * 100_000 + "\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "iglubuild", "--build-dir",
+                           str(tmp_path / "build"), "lint", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}:3:35: YAML nested deeper than 32 levels" in proc.stderr
+    assert "Traceback" not in proc.stderr
