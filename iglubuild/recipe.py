@@ -112,9 +112,13 @@ class Source(BaseModel):
 
     @field_validator("filename", "file")
     @classmethod
-    def _plain_name(cls, v: str | None) -> str | None:
+    def _plain_name(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and (v.startswith("/") or ".." in v.split("/") or not v):
             raise ValueError(f"{v!r} must be a relative path inside the recipe folder")
+        if v is not None and info.field_name == "filename" and ("/" in v or v.startswith(".")):
+            # It names a file in mirrors, the cache and beside srcdir: one plain name.
+            raise ValueError(f"filename {v!r} must be a plain file name (no '/', not "
+                             "starting with '.')")
         return v
 
     @model_validator(mode="after")
@@ -561,15 +565,52 @@ def _context_checks(lr: LoadedRecipe, folder_name: str) -> list[Problem]:
                                    f"{folder_name!r}", f"rename the folder or set name: "
                                    f"{folder_name}"))
     for i, src in enumerate(r.sources):
-        if src.file is not None and not (lr.dir / src.file).is_file():
+        if src.file is None:
+            continue
+        outside = outside_problem(lr, ("sources", i, "file"), "file", src.file)
+        if outside is not None:
+            problems.append(outside)
+        elif not (lr.dir / src.file).is_file():
             problems.append(lr.problem(("sources", i, "file"),
                                        f"file {src.file!r} not found beside the recipe",
                                        f"expected {lr.dir / src.file}"))
     for i, patch in enumerate(r.patches):
-        if not (lr.dir / patch).is_file():
+        outside = outside_problem(lr, ("patches", i), "patch", patch)
+        if outside is not None:
+            problems.append(outside)
+        elif not (lr.dir / patch).is_file():
             problems.append(lr.problem(("patches", i), f"patch {patch!r} not found beside the "
                                        "recipe", f"expected {lr.dir / patch}"))
+    for i, path in enumerate(r.backup):
+        parts = path.split("/")
+        if path.startswith("/") or ".." in parts or not path.strip("/"):
+            problems.append(lr.problem(("backup", i), f"backup path {path!r} must be relative "
+                                       "to the package root, without '..'",
+                                       "e.g. backup: [etc/foo.conf]"))
     return problems
+
+
+def inside_recipe_dir(folder: Path, rel: str) -> Path | None:
+    """`folder/rel` with every symlink resolved, or None if that lands outside `folder`.
+
+    Recipe-side paths (`file:`, `patches:`) name files beside the recipe; a
+    symlink there to /etc/shadow, `../../x.patch` or an absolute path would
+    copy a host file into the build.
+    """
+    base = folder.resolve()
+    target = (folder / rel).resolve()
+    return target if target.is_relative_to(base) else None
+
+
+def outside_problem(lr: LoadedRecipe, loc: tuple[str | int, ...], what: str,
+                    rel: str) -> Problem | None:
+    """A problem if the recipe-side path `rel` resolves outside the recipe folder."""
+    if inside_recipe_dir(lr.dir, rel) is not None:
+        return None
+    where = (lr.dir / rel).resolve()
+    return lr.problem(loc, f"{what} {rel!r} is outside the recipe folder (it resolves to "
+                      f"{where})", "keep the file itself beside the recipe, not a link "
+                      "or a path out of its folder")
 
 
 def _content_checks(lr: LoadedRecipe) -> tuple[Recipe, list[Problem]]:

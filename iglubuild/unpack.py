@@ -409,7 +409,8 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
     try:
         for index, source in enumerate(recipe.sources):
             if getattr(source, "file", None):
-                _copy_beside(recipe_dir / source.file, tmp, Path(source.file).name)
+                _copy_beside(_recipe_side(recipe_dir, source.file, "file"), tmp,
+                             Path(source.file).name)
                 continue
             name = source_name(source)
             path = cached_path(source, settings)
@@ -437,8 +438,8 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     rel = srcdir.relative_to(tmp)
-    patches = [recipe_dir / p for p in getattr(recipe, "patches", [])]
     try:
+        patches = [_recipe_side(recipe_dir, p, "patch") for p in getattr(recipe, "patches", [])]
         apply_patches(patches, srcdir)
     except PatchError as exc:
         os.replace(tmp, final)
@@ -449,6 +450,21 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
         raise
     os.replace(tmp, final)
     return final / rel
+
+
+def _recipe_side(recipe_dir: Path, rel: str, what: str) -> Path:
+    """A `file:` or `patches:` path, resolved, refused if it leaves the recipe folder.
+
+    Lint refuses these already; this holds even if a link is made after lint.
+    """
+    from iglubuild.recipe import inside_recipe_dir
+
+    resolved = inside_recipe_dir(recipe_dir, rel)
+    if resolved is None:
+        raise UnpackError(f"{what} {rel!r} of {recipe_dir} resolves outside the recipe folder "
+                          f"({(recipe_dir / rel).resolve()}); refusing to use it",
+                          hint="keep the file itself beside the recipe")
+    return resolved
 
 
 def _stem(name: str) -> str:

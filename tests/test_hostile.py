@@ -408,3 +408,85 @@ def test_8_deep_nesting_is_refused_not_a_crash(tmp_path: Path, recipes: Path) ->
     assert proc.returncode == 2, proc.stderr
     assert f"{path}:3:35: YAML nested deeper than 32 levels" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------- 3 & 14: files from outside the recipe folder
+
+
+def test_3_file_source_symlink_to_a_host_file_is_refused_at_lint(
+        cli: Cli, recipes: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_text("root:$6$hash:...\n")
+    path = write_recipe(recipes, "leak", """
+        name: leak
+        version: "1.0"
+        sources:
+          - file: leak.conf
+        """)
+    (path.parent / "leak.conf").symlink_to(secret)
+    res = cli("--recipes", str(recipes), "lint", str(path))
+    assert res.code == 2, res.err
+    line = one_error(res)
+    assert f"{path}:4:11: file 'leak.conf' is outside the recipe folder" in line
+    assert str(secret) in line
+
+
+def test_3_patches_outside_the_folder_are_refused_at_lint(
+        cli: Cli, recipes: Path, tmp_path: Path) -> None:
+    (tmp_path / "outside.patch").write_text("--- a/x\n+++ b/x\n")
+    path = write_recipe(recipes, "leak", """
+        name: leak
+        version: "1.0"
+        patches: [../../../outside.patch, /etc/shadow]
+        backup: [/etc/passwd, ../x]
+        """)
+    res = cli("--recipes", str(recipes), "lint", str(path))
+    assert res.code == 2, res.err
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("error:")]
+    rest = [ln for ln in res.err.splitlines() if ln.startswith(str(path))]
+    lines = errors + rest
+    assert any("3:11: patch '../../../outside.patch' is outside the recipe folder" in ln
+               for ln in lines), res.err
+    assert any("3:35: patch '/etc/shadow' is outside the recipe folder" in ln
+               for ln in lines), res.err
+    assert any("4:10: backup path '/etc/passwd' must be relative" in ln for ln in lines)
+    assert any("4:23: backup path '../x' must be relative" in ln for ln in lines)
+    assert "Traceback" not in res.err
+
+
+def test_3_a_link_made_after_lint_is_refused_at_unpack(
+        recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    from iglubuild.recipe import load_tree
+    from iglubuild.unpack import UnpackError, prepare_source
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("secret\n")
+    path = write_recipe(recipes, "leak", """
+        name: leak
+        version: "1.0"
+        sources:
+          - file: leak.conf
+        """)
+    (path.parent / "leak.conf").write_text("fine\n")
+    loaded = load_tree(recipes).recipes["leak"]
+    (path.parent / "leak.conf").unlink()
+    (path.parent / "leak.conf").symlink_to(secret)
+    work = build_dir / "work" / "leak"
+    with pytest.raises(UnpackError) as info:
+        prepare_source(loaded, Settings(recipes=recipes, build_dir=build_dir), work)
+    assert "resolves outside the recipe folder" in info.value.message
+    assert [p.name for p in work.iterdir()] == []
+
+
+def test_14_filename_with_a_folder_is_refused_at_lint(cli: Cli, recipes: Path) -> None:
+    path = write_recipe(recipes, "sub", """
+        name: sub
+        version: "1.0"
+        sources:
+          - url: file:///nonexistent/x.txt
+            filename: sub/x.txt
+        """)
+    res = cli("--recipes", str(recipes), "lint", str(path))
+    assert res.code == 2, res.err
+    line = one_error(res)
+    assert f"{path}:5:15:" in line and "must be a plain file name" in line
