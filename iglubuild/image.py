@@ -35,7 +35,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError, IglubuildError, UsageError
@@ -444,6 +444,28 @@ def _debugfs_quote(path: str) -> str:
     return f'"/{path}"'
 
 
+def _real_paths(tree: RootTree) -> dict[str, tuple[int, int]]:
+    """`wanted_ids` keyed by where each path really is in the root.
+
+    A package may install into a folder that is another package's symlink
+    (lib -> /usr/lib): its files are under the link's target. The parent is
+    resolved inside the root, never on the host (an absolute link followed
+    by lstat would read the host's /usr/lib), and the last part is not
+    followed, so a symlink's own owner is what is checked and set.
+    """
+    real: dict[str, tuple[int, int]] = {}
+    for rel, ids in tree.wanted_ids.items():
+        pure = PurePosixPath(rel)
+        parent = resolve_in_root(tree.path, str(pure.parent)) if str(pure.parent) != "." \
+            else tree.path
+        where = parent / pure.name
+        if not os.path.lexists(where):
+            raise BuildError(f"/{rel} is not in the image root after installing",
+                             hint="two packages disagree about a folder and a link there")
+        real[where.relative_to(tree.path).as_posix()] = ids
+    return real
+
+
 def fix_owners(image: Path, layout: Layout, tree: RootTree) -> int:
     """Give inodes the owner their artifact asked for where the tree differs.
 
@@ -451,7 +473,7 @@ def fix_owners(image: Path, layout: Layout, tree: RootTree) -> int:
     and mke2fs -d copies that. Returns the number of paths fixed.
     """
     lines: list[str] = []
-    for rel, (uid, gid) in sorted(tree.wanted_ids.items()):
+    for rel, (uid, gid) in sorted(_real_paths(tree).items()):
         st = os.lstat(tree.path / rel)
         if st.st_uid != uid:
             lines.append(f"set_inode_field {_debugfs_quote(rel)} uid {uid}")

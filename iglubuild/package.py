@@ -113,8 +113,26 @@ def _match(pattern: str, rel: str) -> bool:
     return bool(pat) and walk(0, 0)
 
 
+def require_real_folder(root: Path, what: str = "$pkgdir") -> None:
+    """Refuse a root that is a symlink or not a folder (a phase may have replaced it).
+
+    `rm -rf "$pkgdir"; ln -s /etc "$pkgdir"` in a package phase would otherwise
+    pack the host's /etc: the walk below follows a symlinked top.
+    """
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError as exc:
+        raise PackageError(f"{what} {root} does not exist",
+                           hint="the package phase must install into $pkgdir") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise PackageError(f"{what} {root} is {kind}; refusing to pack it",
+                           hint="the package phase must fill $pkgdir, not replace it")
+
+
 def scan_tree(root: Path) -> list[str]:
     """Every path under `root`, relative, POSIX, sorted; symlinks are not followed."""
+    require_real_folder(root)
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -173,6 +191,16 @@ class _Entry:
     sha256: str = ""
 
 
+def _open_nofollow(path: Path) -> io.BufferedReader:
+    """Open a file of the tree for reading; a symlink put in its place is an error."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+
+
+def _hash_tree_file(path: Path) -> str:
+    with _open_nofollow(path) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _hash_file(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -189,7 +217,7 @@ def _entry_from_disk(root: Path, rel: str, epoch: int) -> _Entry:
         return _Entry(rel, "dir", mode, mtime)
     if stat.S_ISREG(st.st_mode):
         return _Entry(rel, "file", mode, mtime, size=st.st_size, source=path,
-                      sha256=_hash_file(path))
+                      sha256=_hash_tree_file(path))
     raise PackageError(f"{path}: not a file, folder or symlink",
                        hint="packages may not contain device nodes, fifos or sockets")
 
@@ -251,6 +279,7 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
          epoch: int | None = None) -> Path:
     """Pack `paths` (relative to `root`) plus metadata into `out_dir/<artifact name>`."""
     epoch = source_date_epoch(epoch)
+    require_real_folder(root)
     entries = {rel: _entry_from_disk(root, rel, epoch) for rel in paths}
     meta_rel = f"{METADATA_DIR}/{info.name}"
     for parent in PurePosixPath(meta_rel).parents:
@@ -313,7 +342,7 @@ def _add(tar: tarfile.TarFile, e: _Entry) -> None:
             tar.addfile(ti, io.BytesIO(e.data))
         else:
             assert e.source is not None
-            with e.source.open("rb") as f:
+            with _open_nofollow(e.source) as f:
                 tar.addfile(ti, f)
 
 

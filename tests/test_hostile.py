@@ -490,3 +490,97 @@ def test_14_filename_with_a_folder_is_refused_at_lint(cli: Cli, recipes: Path) -
     assert res.code == 2, res.err
     line = one_error(res)
     assert f"{path}:5:15:" in line and "must be a plain file name" in line
+
+
+# --------------------------------------------------- 2: the packer and a symlinked $pkgdir
+
+
+def test_2_symlinked_pkgdir_is_refused(recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    from iglubuild.build import build_package
+    from iglubuild.errors import BuildError
+    from iglubuild.executors.host import HostExecutor
+    from iglubuild.recipe import load_tree
+
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "shadow").write_text("root:$6$secret:...\n")
+    write_recipe(recipes, "grab", f"""
+        name: grab
+        version: "1.0"
+        package: |
+          rm -rf "$pkgdir"
+          ln -s {host} "$pkgdir"
+        """)
+    before = snapshot(tmp_path, build_dir)
+    executor = HostExecutor()
+    settings = Settings(recipes=recipes, build_dir=build_dir, jobs=1)
+    with pytest.raises(BuildError) as info:
+        build_package(load_tree(recipes).recipes["grab"], settings, executor, [], "sig")
+    assert "is a symlink; refusing to pack it" in info.value.message
+    packages = settings.packages_dir()
+    assert not packages.exists() or not any(packages.glob("*.tar.zst"))
+    assert snapshot(tmp_path, build_dir) == before
+
+
+def test_2_packer_does_not_follow_links_inside_pkgdir(tmp_path: Path) -> None:
+    from iglubuild.package import pack_all, read_metadata
+
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "shadow").write_text("secret\n")
+    pkgdir = tmp_path / "pkgdir"
+    (pkgdir / "usr").mkdir(parents=True)
+    (pkgdir / "etc").symlink_to(host)  # a link to a folder: packed as a link
+    (pkgdir / "usr" / "shadow").symlink_to(host / "shadow")
+    art = pack_all(pkgdir, PackageInfo("p", "1", 1, "x86_64"), {}, tmp_path / "out")[0]
+    files = {f["path"]: f for f in read_metadata(art)["files"]}
+    assert files["etc"]["type"] == "symlink" and "etc/shadow" not in files
+    assert files["usr/shadow"] == {"path": "usr/shadow", "type": "symlink",
+                                   "target": str(host / "shadow")}
+
+
+# ------------------------------------- 11: image, a package's link is another's folder
+
+
+def test_11_image_installs_through_another_packages_link(tmp_path: Path) -> None:
+    from iglubuild.image import find_artifacts, make_image, populate_root, runtime_closure
+    from tests.imagekit import pack_artifact
+    from tests.test_image import _inode, _pkg
+
+    out = tmp_path / "build" / "packages" / "x86_64"
+    # `lib -> /usr/lib` is absolute: followed on the host it is the host's /usr/lib.
+    pack_artifact(out, _pkg(tmp_path, "a", {"usr/lib/libc.so": "c"}, {"lib": "/usr/lib"}),
+                  "a", "1")
+    pack_artifact(out, _pkg(tmp_path, "b", {"lib/iglu-hostile-test.so": "b"}), "b", "1",
+                  deps=["a"])
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(4096))
+    root = tmp_path / "root"
+    root.mkdir()
+    tree = populate_root(runtime_closure(["b"], find_artifacts(out)), root)
+    for dirpath, dirnames, filenames in os.walk(root):  # as a non-root unpack leaves it
+        for n in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, n), 1000, 1000)
+    result = make_image(tree, kernel, tmp_path / "out.img")  # was: FileNotFoundError
+    assert result.owners_fixed > 0
+    off = result.layout.root_offset
+    assert _inode(tmp_path / "out.img", off, "/usr/lib/iglu-hostile-test.so")[1:] == (0, 0)
+    assert not Path("/usr/lib/iglu-hostile-test.so").exists()
+
+
+def test_11_folder_then_link_over_it_is_one_clear_error(
+        cli: Cli, recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    from tests.imagekit import pack_artifact
+    from tests.test_image import _pkg
+
+    out = build_dir / "packages" / "x86_64"
+    pack_artifact(out, _pkg(tmp_path, "a", {"lib/x.so": "a"}), "a", "1")
+    pack_artifact(out, _pkg(tmp_path, "b", {"usr/lib/y.so": "b"}, {"lib": "usr/lib"}), "b",
+                  "1", deps=["a"])
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(4096))
+    res = cli("--recipes", str(recipes), "image", "--packages", "b", "--kernel", str(kernel))
+    assert res.code == 1, res.err
+    line = one_error(res)
+    assert "packages a and b both install /lib" in line
+    assert not (build_dir / "iglunix.img").exists()
