@@ -111,7 +111,7 @@ class _Checker:
     def __init__(self, archive: str) -> None:
         self.archive = archive
         self.dirs: set[str] = set()  # explicit and implied directories
-        self.links: set[str] = set()  # symlinks (nothing may go through or over them)
+        self.links: dict[str, str] = {}  # symlink -> target (nothing may go through or over)
         self.files: set[str] = set()  # regular files (hardlink targets)
 
     def refuse(self, name: str, why: str) -> UnpackError:
@@ -139,6 +139,41 @@ class _Checker:
         if joined == ".." or joined.startswith("../") or joined.startswith("/"):
             return None
         return "" if joined == "." else joined
+
+    def _resolve(self, start: str, target: str) -> str | None:
+        """Where `target`, seen from folder `start`, leads once the archive's links
+        exist: each link on the way is followed as the file system will, so
+        `a -> .` then `x -> a/..` is outside although `a/..` reads as `.`.
+        None if it leaves the folder (or loops)."""
+        resolved = [p for p in start.split("/") if p]
+        pending = target.split("/")
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not resolved:
+                    return None
+                resolved.pop()
+                continue
+            resolved.append(part)
+            link = self.links.get("/".join(resolved))
+            if link is not None:
+                hops += 1
+                if hops > 40 or link.startswith("/"):
+                    return None
+                resolved.pop()
+                pending = link.split("/") + pending
+        return "/".join(resolved)
+
+    def finish(self) -> None:
+        """Check every link again against all of the archive's links: a link that
+        comes later can change where an earlier one leads (`x -> a/..`, then `a -> .`)."""
+        for name, target in self.links.items():
+            if self._resolve(posixpath.dirname(name), target) is None:
+                raise self.refuse(name, f"is a symlink leading outside ({target!r}, through "
+                                        "the archive's other links)")
 
     def _parents(self, norm: str) -> None:
         parts = norm.split("/")
@@ -176,8 +211,11 @@ class _Checker:
             raise self.refuse(name, f"is a symlink to the absolute path {target!r}")
         if self._inside(posixpath.dirname(norm), target) is None:
             raise self.refuse(name, f"is a symlink pointing outside ({target!r})")
+        if self._resolve(posixpath.dirname(norm), target) is None:
+            raise self.refuse(name, f"is a symlink leading outside ({target!r}, through "
+                                    "the archive's other links)")
         self._parents(norm)
-        self.links.add(norm)
+        self.links[norm] = target
 
     def hardlink(self, name: str, target: str) -> None:
         norm = self.path(name)
@@ -214,6 +252,7 @@ def _check_tar(members: Sequence[tarfile.TarInfo], archive: str) -> None:
             raise checker.refuse(m.name, "is a FIFO")
         else:
             raise checker.refuse(m.name, f"has an unsupported type {m.type!r}")
+    checker.finish()
 
 
 def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path,
@@ -287,6 +326,7 @@ def _extract_zip(path: Path, dest: Path, limits: UnpackLimits) -> None:
                     plan.append((info, "file", None))
                 else:
                     raise checker.refuse(info.filename, "is a device file or FIFO")
+            checker.finish()
             for info, what, target in plan:
                 out = dest / info.filename
                 if what == "dir":

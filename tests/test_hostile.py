@@ -584,3 +584,56 @@ def test_11_folder_then_link_over_it_is_one_clear_error(
     line = one_error(res)
     assert "packages a and b both install /lib" in line
     assert not (build_dir / "iglunix.img").exists()
+
+
+# ------------------------------------------------------------- 10: zip symlink chains
+
+
+def zip_with(path: Path, members: list[tuple[str, str | None, bytes]]) -> Path:
+    """A real zip: (name, symlink target or None, file content)."""
+    import stat as st
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, target, data in members:
+            info = zipfile.ZipInfo(name)
+            if target is not None:
+                info.external_attr = (st.S_IFLNK | 0o777) << 16
+                zf.writestr(info, target)
+            else:
+                info.external_attr = (st.S_IFREG | 0o644) << 16
+                zf.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize("order", ["as tried", "link last"])
+def test_10_zip_symlink_chain_out_of_the_folder_is_refused(order: str, tmp_path: Path) -> None:
+    from iglubuild.unpack import UnpackError, unpack_archive
+
+    chain = [("top/a", ".", b""), ("top/x", "a/..", b""), ("top/y", "x/..", b""),
+             ("top/z", "y/..", b"")]
+    if order == "link last":  # x is checked while a is not a link yet
+        chain = chain[1:] + chain[:1]
+    archive = zip_with(tmp_path / "chain-1.0.zip", [("top/README", None, b"hi\n"), *chain])
+    dest = tmp_path / "work" / "src"
+    dest.mkdir(parents=True)
+    before = snapshot(tmp_path, dest.parent)
+    with pytest.raises(UnpackError) as info:
+        unpack_archive(archive, dest)
+    # top/x -> a/.. is the unpack folder itself (inside); the next rung leaves it.
+    assert "is a symlink leading outside" in info.value.message
+    assert ("'top/y'" if order == "as tried" else "'top/z'") in info.value.message
+    assert list(dest.iterdir()) == []
+    assert snapshot(tmp_path, dest.parent) == before
+
+
+def test_10_links_that_stay_inside_still_unpack(tmp_path: Path) -> None:
+    from iglubuild.unpack import unpack_archive
+
+    archive = zip_with(tmp_path / "ok-1.0.zip", [
+        ("top/lib64/libz.so", None, b"z"), ("top/lib", "lib64", b""),
+        ("top/sub/up", "../lib/libz.so", b""), ("top/self", ".", b"")])
+    dest = tmp_path / "src"
+    dest.mkdir()
+    top = unpack_archive(archive, dest)
+    assert top is not None and (top / "sub" / "up").read_bytes() == b"z"
