@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from iglubuild.errors import disk_full, is_disk_full
+
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
     """Replace `path` with `data` (str is written as UTF-8) in one rename; return `path`."""
@@ -25,7 +27,9 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
             fh.write(data)
             os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path.parent) from exc
         raise
     return path

@@ -10,13 +10,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from iglubuild import __version__, commands
-from iglubuild.errors import EXIT_INTERRUPTED, EXIT_USAGE, IglubuildError
+from iglubuild.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    IglubuildError,
+    disk_full,
+    is_disk_full,
+)
 from iglubuild.settings import add_arguments, resolve
 
 
@@ -102,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A full disk anywhere not caught closer to the write: still one line.
+        if debug or not is_disk_full(exc):
+            raise
+        where = os.path.dirname(exc.filename) if isinstance(exc.filename, str) else os.getcwd()
+        error = disk_full(where)
+        print(f"error: {error.message}", file=sys.stderr)
+        print(f"hint: {error.hint}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,6 +7,8 @@ the error's exit code, so every stage can be tested without catching SystemExit.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +116,31 @@ class ToolMissingError(IglubuildError):
     """An external program iglubuild needs is not installed."""
 
     exit_code = EXIT_USAGE
+
+
+class DiskFullError(IglubuildError):
+    """A write found no space left; names the folder and its free space."""
+
+    exit_code = EXIT_BUILD_FAILED
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Is this the kernel saying the disk (or the quota) is full?"""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(folder: str | os.PathLike[str]) -> DiskFullError:
+    """The one-line error for a full disk under `folder` (free space measured now)."""
+    path = os.fspath(folder)
+    probe = path
+    while probe and not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe or ".")
+        free = st.f_bavail * st.f_frsize
+        room = f"{free / (1 << 20):.1f} MiB free"
+    except OSError:
+        room = "free space unknown"
+    return DiskFullError(f"no space left on the disk of {path} ({room})",
+                         hint="free some space there, or point --build-dir / --distfiles "
+                              "at a bigger disk; nothing half-written was kept")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
 from iglubuild import __version__, integrity
-from iglubuild.errors import FetchError
+from iglubuild.errors import FetchError, disk_full, is_disk_full
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:  # httpx and tqdm load only when something is downloaded
@@ -521,6 +521,13 @@ class Downloader:
             where = f"{url} (mirror {mirror})" if mirror else url
             try:
                 return url, self._fetch_url(url, job)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                error = disk_full(job.partial.parent)  # free space before the cleanup
+                with contextlib.suppress(FileNotFoundError):
+                    job.partial.unlink()  # give the space back: it cannot be resumed anyway
+                raise error from exc
             except _TooBig as exc:
                 with contextlib.suppress(FileNotFoundError):
                     job.partial.unlink()  # never keep the start of an endless body

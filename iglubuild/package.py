@@ -39,7 +39,7 @@ import zstandard
 
 from iglubuild import integrity
 from iglubuild.atomic import write_atomic
-from iglubuild.errors import BuildError
+from iglubuild.errors import BuildError, disk_full, is_disk_full
 
 PKGINFO = ".PKGINFO"
 METADATA_DIR = "usr/share/iglupkg"
@@ -315,8 +315,10 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
             os.fsync(raw.fileno())
         tmp.chmod(0o644)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(out_dir) from exc
         raise
     integrity.seal_artifact(final)  # checked before every use (status, sysroot, image)
     return final

@@ -32,7 +32,7 @@ from typing import Any
 
 import zstandard
 
-from iglubuild.errors import BuildError
+from iglubuild.errors import BuildError, disk_full, is_disk_full
 from iglubuild.fetch import cached_path, source_name
 from iglubuild.run import base_env, require_tool, run
 from iglubuild.settings import Settings
@@ -277,6 +277,10 @@ def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path,
         except zstandard.ZstdError as exc:
             raise UnpackError(f"{archive}: cannot unpack: {exc}",
                               hint="is the file a valid archive?") from exc
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(scratch) from exc
+            raise
         path = plain
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -293,6 +297,8 @@ def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path,
             # drops set-uid bits and ownership: a second line of defence.
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, zstandard.ZstdError, OSError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest) from exc
         if isinstance(exc, tarfile.FilterError):
             raise UnpackError(f"{path.name}: refusing to unpack: {exc}") from exc
         raise UnpackError(f"{path.name}: cannot unpack: {exc}",
@@ -345,6 +351,8 @@ def _extract_zip(path: Path, dest: Path, limits: UnpackLimits) -> None:
                     mode = (info.external_attr >> 16) & 0o777
                     os.chmod(out, 0o755 if mode & 0o100 else 0o644)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest) from exc
         raise UnpackError(f"{path.name}: cannot unpack: {exc}",
                           hint="is the file a valid zip archive?") from exc
 

@@ -9,6 +9,7 @@ Tests of unbounded input (endless bodies, bombs) run on a small tmpfs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import lzma
@@ -96,12 +97,10 @@ def build_dir(tmp_path: Path) -> Path:
     return tmp_path / "build"
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path, size: str = "300m") -> Iterator[Path]:
-    """A tmpfs of 300 MB: where unbounded input may land if a limit regresses."""
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                    check=True)
@@ -109,6 +108,20 @@ def small_fs(tmp_path: Path, size: str = "300m") -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 300 MB: where unbounded input may land if a limit regresses."""
+    with tmpfs(tmp_path / "small", "300m") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MB: a disk that is full as soon as anything real is written."""
+    with tmpfs(tmp_path / "tiny", "1m") as mnt:
+        yield mnt
 
 
 # ------------------------------------------------ 4: a corrupted cache is trusted
@@ -637,3 +650,78 @@ def test_10_links_that_stay_inside_still_unpack(tmp_path: Path) -> None:
     dest.mkdir()
     top = unpack_archive(archive, dest)
     assert top is not None and (top / "sub" / "up").read_bytes() == b"z"
+
+
+# ------------------------------------------------------------------ 12: disk full
+
+
+def fill(folder: Path, leave: int = 0) -> None:
+    """Fill the file system of `folder` up to `leave` bytes free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    with open(folder / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            f.write(bytes(max(free - leave, 0)))
+
+
+def no_temp_files(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
+
+
+def test_12_download_into_a_full_distfiles_folder(
+        cli: Cli, recipes: Path, tmp_path: Path, server: FaultServer, tiny_fs: Path) -> None:
+    data = os.urandom(3 << 20)
+    server.add("/dl/big-1.0.bin", data)
+    write_recipe(recipes, "big", f"""
+        name: big
+        version: "1.0"
+        sources:
+          - url: {server.base}/dl/big-1.0.bin
+            sha256: {sha256(data)}
+        """)
+    res = cli("--recipes", str(recipes), "--distfiles", str(tiny_fs / "d"), "fetch", "big")
+    assert res.code == 1, res.err
+    line = one_error(res)
+    assert f"no space left on the disk of {tiny_fs / 'd' / '.partial'} (" in line
+    assert "MiB free)" in line
+    partial = tiny_fs / "d" / ".partial"
+    assert [p.name for p in partial.iterdir() if not p.name.endswith(".lock")] == []
+    assert list((tiny_fs / "d" / "by-sha256").iterdir()) == []
+
+
+def test_12_full_build_dir_is_one_line(cli: Cli, recipes: Path, tiny_fs: Path) -> None:
+    write_recipe(recipes, "hello", """
+        name: hello
+        version: "1.0"
+        description: "%s"
+        """ % ("x" * 60000))
+    build = tiny_fs / "build"
+    build.mkdir()
+    fill(tiny_fs, leave=8192)
+    res = cli("--recipes", str(recipes), "--build-dir", str(build), "status")
+    assert res.code == 1, res.err
+    assert f"no space left on the disk of {build}" in one_error(res)
+    assert no_temp_files(tiny_fs) == []
+
+
+def test_12_pack_and_unpack_on_a_full_disk(tmp_path: Path, tiny_fs: Path) -> None:
+    from iglubuild.errors import DiskFullError
+    from iglubuild.package import pack_all
+    from iglubuild.unpack import unpack_archive
+
+    pkgdir = tmp_path / "pkgdir"
+    pkgdir.mkdir()
+    (pkgdir / "blob").write_bytes(os.urandom(2 << 20))
+    with pytest.raises(DiskFullError) as info:
+        pack_all(pkgdir, PackageInfo("p", "1", 1, "x86_64"), {}, tiny_fs / "packages")
+    assert str(tiny_fs / "packages") in info.value.message
+    assert list((tiny_fs / "packages").iterdir()) == []
+
+    archive = tmp_path / "blob-1.0.tar.gz"
+    archive.write_bytes(tarball("blob-1.0", {"blob": os.urandom(2 << 20)}))
+    dest = tiny_fs / "src"
+    dest.mkdir()
+    with pytest.raises(DiskFullError) as info:
+        unpack_archive(archive, dest)
+    assert str(dest) in info.value.message
+    assert list(dest.iterdir()) == [] and no_temp_files(tiny_fs) == []
