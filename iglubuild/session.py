@@ -34,6 +34,7 @@ from iglubuild.progress import Progress, make_progress
 from iglubuild.recipe import RecipeTree
 from iglubuild.scheduler import BuildOne, Summary, run_plan
 from iglubuild.settings import Settings
+from iglubuild.stale import clean_stale
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def run_build(
     out = out or sys.stdout
     err = err or sys.stderr
     with BuildDirLock(settings.build_dir):
+        clean_stale(settings)  # temporaries of a killed run; we hold the lock now
         state = StateStore(settings.build_dir)
         plan = make_plan(tree, graph, toolchain_id, state, names=names, force=force)
         if dry_run:

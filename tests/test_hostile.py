@@ -725,3 +725,85 @@ def test_12_pack_and_unpack_on_a_full_disk(tmp_path: Path, tiny_fs: Path) -> Non
         unpack_archive(archive, dest)
     assert str(dest) in info.value.message
     assert list(dest.iterdir()) == [] and no_temp_files(tiny_fs) == []
+
+
+# ---------------------------------------------- 13: temporaries of a kill -9 while packing
+
+_PACKER = """
+import sys
+from pathlib import Path
+from iglubuild.package import PackageInfo, pack_all
+pack_all(Path(sys.argv[1]), PackageInfo("big", "1.0", 1, "x86_64"), {}, Path(sys.argv[2]))
+"""
+
+
+def killed_while_packing(tmp_path: Path, out: Path) -> Path:
+    """Run the real packer in a child and kill -9 it while its temporary exists."""
+    import signal
+    import sys
+
+    pkgdir = tmp_path / "pkgdir"
+    pkgdir.mkdir()
+    with open(pkgdir / "blob", "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(1 << 20))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    child = subprocess.Popen([sys.executable, "-c", _PACKER, str(pkgdir), str(out)], env=env)
+    deadline = time.monotonic() + 60
+    temps: list[Path] = []
+    while not temps and time.monotonic() < deadline and child.poll() is None:
+        temps = [p for p in out.glob(".*.tmp")] if out.is_dir() else []
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert temps, "the packer finished before it could be killed"
+    assert temps[0].exists() and temps[0].name.startswith(".big-1.0-r1.x86_64.tar.zst.")
+    return temps[0]
+
+
+def test_13_temporaries_of_a_killed_run_are_cleaned_at_the_next_start(
+        cli: Cli, recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    write_recipe(recipes, "hello", """
+        name: hello
+        version: "1.0"
+        """)
+    packages = build_dir / "packages" / "x86_64"
+    stale = killed_while_packing(tmp_path, packages)
+    old = time.time() - 5
+    os.utime(stale, (old, old))
+    # Not ours, or newer than the run: left alone.
+    keep = [packages / "notes.tmp", packages / ".keep", build_dir / "work" / "x" / ".a.b.tmp"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("keep\n")
+        os.utime(p, (old, old))
+    unpacking = build_dir / "work" / "x" / ".src.tmp-4242"
+    (unpacking / "hello-1.0").mkdir(parents=True)
+    os.utime(unpacking, (old, old))
+    future = packages / ".fresh.abc.tmp"
+    future.write_text("being written\n")
+    os.utime(future, (time.time() + 60, time.time() + 60))
+    res = cli("--recipes", str(recipes), "pkg", "--dry-run", "hello")
+    assert res.code == 0, res.err
+    assert not stale.exists() and not unpacking.exists()
+    assert all(p.exists() for p in keep) and future.exists()
+
+
+def test_13_a_second_instance_holding_the_lock_keeps_its_temporaries(
+        cli: Cli, recipes: Path, build_dir: Path) -> None:
+    from iglubuild.lock import BuildDirLock
+
+    write_recipe(recipes, "hello", """
+        name: hello
+        version: "1.0"
+        """)
+    packages = build_dir / "packages" / "x86_64"
+    packages.mkdir(parents=True)
+    busy = packages / ".hello-1.0-r1.x86_64.tar.zst.k2j3h4.tmp"
+    busy.write_text("still packing\n")
+    old = time.time() - 5
+    os.utime(busy, (old, old))
+    with BuildDirLock(build_dir):
+        res = cli("--recipes", str(recipes), "pkg", "--dry-run", "hello")
+    assert res.code == 2 and "is in use by PID" in one_error(res)
+    assert busy.exists()
