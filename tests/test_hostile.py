@@ -509,7 +509,7 @@ def test_14_filename_with_a_folder_is_refused_at_lint(cli: Cli, recipes: Path) -
 
 
 def test_2_symlinked_pkgdir_is_refused(recipes: Path, tmp_path: Path, build_dir: Path) -> None:
-    from iglubuild.build import build_package
+    from iglubuild.build import BuildJob, build_package
     from iglubuild.errors import BuildError
     from iglubuild.executors.host import HostExecutor
     from iglubuild.recipe import load_tree
@@ -528,7 +528,7 @@ def test_2_symlinked_pkgdir_is_refused(recipes: Path, tmp_path: Path, build_dir:
     executor = HostExecutor()
     settings = Settings(recipes=recipes, build_dir=build_dir, jobs=1)
     with pytest.raises(BuildError) as info:
-        build_package(load_tree(recipes).recipes["grab"], settings, executor, [], "sig")
+        build_package(BuildJob(load_tree(recipes).recipes["grab"], settings, executor, [], "sig"))
     assert "is a symlink; refusing to pack it" in info.value.message
     packages = settings.packages_dir()
     assert not packages.exists() or not any(packages.glob("*.tar.zst"))
