@@ -377,6 +377,7 @@ def _decode(path: Path, data: bytes) -> tuple[str | None, Problem | None]:
 # 9-fold aliases is 3.4e9 nodes from 400 bytes, and lint walked them for
 # minutes), and deep nesting crashes the C composer (100 000 `[` segfault).
 MAX_YAML_NODES = 100_000
+MAX_YAML_CHARS = 4 << 20  # the text of every value, aliases expanded
 MAX_YAML_DEPTH = 32
 
 
@@ -392,10 +393,12 @@ def _shape_problem(path: Path, text: str) -> Problem | None:
     )
 
     sizes: dict[str, int] = {}
-    stack: list[list[Any]] = []  # [anchor, expanded size so far] per open collection
+    chars: dict[str, int] = {}  # anchor -> characters of its values, expanded
+    stack: list[list[Any]] = []  # [anchor, expanded size so far, characters] per collection
+    total_chars = 0
     for ev in _fast_yaml().parse(text):
         if isinstance(ev, CollectionStartEvent):
-            stack.append([ev.anchor, 1])
+            stack.append([ev.anchor, 1, 0])
             if len(stack) > MAX_YAML_DEPTH:
                 mark = ev.start_mark
                 return Problem(str(path), mark.line + 1, mark.column + 1,
@@ -403,25 +406,33 @@ def _shape_problem(path: Path, text: str) -> Problem | None:
                                "a recipe is a flat mapping of lists and strings")
             continue
         if isinstance(ev, AliasEvent):
-            n = sizes.get(ev.anchor, 1)
+            n, c = sizes.get(ev.anchor, 1), chars.get(ev.anchor, 0)
+            total_chars += c  # an alias's text counts again each time it is used
         elif isinstance(ev, ScalarEvent):
-            n = 1
+            n, c = 1, len(ev.value)
+            total_chars += c
             if ev.anchor:
-                sizes[ev.anchor] = 1
+                sizes[ev.anchor], chars[ev.anchor] = n, c
         elif isinstance(ev, CollectionEndEvent) and stack:
-            anchor, n = stack.pop()
+            anchor, n, c = stack.pop()
             if anchor:
-                sizes[anchor] = n
+                sizes[anchor], chars[anchor] = n, c
         else:
             continue
         if stack:
             stack[-1][1] += n
+            stack[-1][2] += c
+        mark = ev.start_mark
         if n > MAX_YAML_NODES or (stack and stack[-1][1] > MAX_YAML_NODES):
-            mark = ev.start_mark
             return Problem(str(path), mark.line + 1, mark.column + 1,
                            f"YAML expands to more than {MAX_YAML_NODES} values "
                            "(aliases of aliases?)",
                            "write the values out; a recipe needs no alias bombs")
+        if total_chars > MAX_YAML_CHARS:
+            return Problem(str(path), mark.line + 1, mark.column + 1,
+                           f"YAML expands to more than {MAX_YAML_CHARS >> 20} MiB of text "
+                           "(a long value used through many aliases?)",
+                           "write the values out; a recipe is a few KiB")
     return None
 
 

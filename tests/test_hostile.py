@@ -408,6 +408,18 @@ def test_8_yaml_alias_bomb_is_refused_at_once(verb: str, cli: Cli, recipes: Path
     assert f"{path}:8:" in line and "expands to more than 100000 values" in line
 
 
+def test_8_a_long_value_through_many_aliases_is_refused(cli: Cli, recipes: Path) -> None:
+    """90 000 aliases of a 60 000-character value: few values, 5 GB of text."""
+    path = write_recipe(recipes, "lol", 'name: lol\nversion: "1"\n'
+                        f'description: &s "{"x" * 60000}"\n'
+                        f'backup: [{",".join(["*s"] * 90000)}]\n')
+    start = time.monotonic()
+    res = cli("--recipes", str(recipes), "lint", str(path))
+    assert time.monotonic() - start < 5
+    assert res.code == 2, res.err
+    assert "YAML expands to more than 4 MiB of text" in one_error(res)
+
+
 def test_8_deep_nesting_is_refused_not_a_crash(tmp_path: Path, recipes: Path) -> None:
     """100 000 `[` crashed the C composer (SIGSEGV); run in a child to see a crash."""
     import sys
