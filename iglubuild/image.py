@@ -45,6 +45,7 @@ from iglubuild.package import (
     RootTree,
     install_artifact,
     open_artifact,
+    require_real_folder,
     resolve_in_root,
 )
 from iglubuild.run import base_env, require_tool, run
@@ -284,6 +285,7 @@ class TreeUsage:
 
 def measure_tree(root: Path) -> TreeUsage:
     """Count 4 KiB blocks and inodes the tree will take (hard links once)."""
+    require_real_folder(root, "image root")  # os.walk would follow a symlinked top
     blocks = 1
     inodes = 1
     seen: set[tuple[int, int]] = set()

@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,12 @@ def artifacts_key(artifacts: Sequence[Path]) -> str:
 
 
 def _dir_mtimes(root: Path) -> dict[str, int]:
-    found = {".": root.stat().st_mtime_ns}
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        # A build replaced its sysroot with a link (ln -s / "$SYSROOT"): changed,
+        # and never walked (os.walk would follow a symlinked top).
+        return {".": -1}
+    found = {".": st.st_mtime_ns}
     for dirpath, dirnames, _ in os.walk(root):
         for name in dirnames:
             path = os.path.join(dirpath, name)
@@ -151,7 +157,10 @@ class SysrootCache:
         """Remove retired sysroots, and unused ones beyond the `keep` most recent."""
         removed = []
         for entry in self.folder.glob(".retired-*"):
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_symlink():
+                entry.unlink()  # a sysroot a build replaced with a link: not followed
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
         locks = sorted(self.folder.glob("*.lock"), key=lambda p: p.stat().st_mtime_ns,
                        reverse=True)
         for lock_path in locks[self.keep:]:

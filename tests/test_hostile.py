@@ -243,6 +243,13 @@ def test_5_flipped_byte_in_an_artifact_is_noticed(
     assert "up to date" not in res.out.replace("0 up to date", "")
 
     # Neither a sysroot nor the image installs it.
+    from iglubuild.sysroot import SysrootCache
+
+    with pytest.raises(PackageError) as info, \
+            SysrootCache(build_dir / "sysroots").use([artifact]):
+        pass
+    assert "changed since it was packed" in info.value.message
+    assert not any(p.is_dir() for p in (build_dir / "sysroots").iterdir())  # none made
     with pytest.raises(PackageError) as info:
         install_artifact(artifact, tmp_path / "sysroot")
     assert "changed since it was packed" in info.value.message
@@ -562,6 +569,29 @@ def test_2_packer_does_not_follow_links_inside_pkgdir(tmp_path: Path) -> None:
     assert files["etc"]["type"] == "symlink" and "etc/shadow" not in files
     assert files["usr/shadow"] == {"path": "usr/shadow", "type": "symlink",
                                    "target": str(host / "shadow")}
+
+
+def test_2_a_sysroot_replaced_by_a_link_is_not_walked(tmp_path: Path) -> None:
+    """`rm -rf "$SYSROOT"; ln -s HOST "$SYSROOT"` on the host executor."""
+    import shutil
+
+    from iglubuild.errors import BuildError
+    from iglubuild.sysroot import SysrootCache, check_untouched
+
+    host = tmp_path / "host"
+    (host / "etc").mkdir(parents=True)
+    (host / "etc" / "shadow").write_text("secret\n")
+    cache = SysrootCache(tmp_path / "sysroots")
+    before = snapshot(tmp_path, tmp_path / "sysroots")
+    with cache.use([]) as sysroot:
+        shutil.rmtree(sysroot.path)
+        sysroot.path.symlink_to(host)
+        with pytest.raises(BuildError) as info:
+            check_untouched(sysroot, cache, "evil")
+    assert "the build changed its sysroot (.)" in info.value.message
+    cache.prune()
+    assert not list((tmp_path / "sysroots").glob(".retired-*"))
+    assert snapshot(tmp_path, tmp_path / "sysroots") == before
 
 
 # ------------------------------------- 11: image, a package's link is another's folder
