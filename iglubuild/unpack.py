@@ -290,7 +290,8 @@ def _extract_tar(path: Path, kind: str, dest: Path, scratch: Path,
             total = 0
             while (member := tar.next()) is not None:
                 members.append(member)
-                total += member.size
+                # A member costs its header too: a million empty files is a bomb.
+                total += member.size + tarfile.BLOCKSIZE
                 limits.check(archive, total, packed)
             _check_tar(members, path.name)
             # The data filter refuses what the check above refuses and also
@@ -315,7 +316,8 @@ def _extract_zip(path: Path, dest: Path, limits: UnpackLimits) -> None:
             infos = zf.infolist()
             # zipfile never reads a member past its declared size, so the
             # declared sizes bound what is written.
-            limits.check(path.name, sum(i.file_size for i in infos), os.path.getsize(path))
+            limits.check(path.name, sum(i.file_size + tarfile.BLOCKSIZE for i in infos),
+                         os.path.getsize(path))
             plan: list[tuple[zipfile.ZipInfo, str, str | None]] = []
             for info in infos:
                 mode = info.external_attr >> 16
