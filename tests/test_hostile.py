@@ -409,7 +409,7 @@ def test_8_yaml_alias_bomb_is_refused_at_once(verb: str, cli: Cli, recipes: Path
     path = write_recipe(recipes, "lol", billion_laughs())
     start = time.monotonic()
     res = cli("--recipes", str(recipes), verb, *([str(path)] if verb == "lint" else []))
-    assert time.monotonic() - start < 5  # was: minutes, deaf to Ctrl-C
+    assert time.monotonic() - start < 15  # was: minutes, deaf to Ctrl-C (now 0.4 s)
     assert res.code == 2, res.err
     line = one_error(res)
     assert f"{path}:8:" in line and "expands to more than 100000 values" in line
@@ -422,7 +422,7 @@ def test_8_a_long_value_through_many_aliases_is_refused(cli: Cli, recipes: Path)
                         f'backup: [{",".join(["*s"] * 90000)}]\n')
     start = time.monotonic()
     res = cli("--recipes", str(recipes), "lint", str(path))
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15
     assert res.code == 2, res.err
     assert "YAML expands to more than 4 MiB of text" in one_error(res)
 
