@@ -37,6 +37,7 @@ from typing import Any
 
 import zstandard
 
+from iglubuild import __version__, xbps
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError
 
@@ -288,6 +289,8 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # The same package for xbps, Iglunix's package manager (iglubuild/xbps.py).
+    xbps.write_package(info, ordered, out_dir, epoch, packaged_with=f"iglubuild {__version__}")
     return final
 
 
