@@ -86,6 +86,10 @@ OPTIONS: tuple[Option, ...] = (
         "offline", "--offline", "IGLUBUILD_OFFLINE", _bool,
         "never download: use only the distfiles cache", is_flag=True,
     ),
+    Option(
+        "signing_key", "--signing-key", "IGLUBUILD_SIGNING_KEY", Path,
+        "RSA private key that signs the xbps repository (see `iglubuild keygen`)", "FILE",
+    ),
 )
 
 
@@ -101,6 +105,7 @@ class Settings:
     executor: ExecutorName = ExecutorName.HOST
     farm: bool = False
     offline: bool = False
+    signing_key: Path | None = None
     debug: bool = False
     project_root: Path = Path(".")
 
@@ -197,7 +202,7 @@ def resolve(
             values[opt.name] = _parse(opt, environ[opt.env], opt.env)
         elif opt.name in file_values:
             values[opt.name] = _parse(opt, file_values[opt.name], str(config_path))
-    for key in ("recipes", "build_dir", "distfiles"):
+    for key in ("recipes", "build_dir", "distfiles", "signing_key"):
         if key in values and not values[key].is_absolute():
             values[key] = (cwd / values[key])
     values.setdefault("recipes", cwd / "recipes")

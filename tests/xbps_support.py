@@ -1,6 +1,6 @@
 """The real xbps tools, built once per machine from the shared bundle (tests/xbps_tools.sh).
 
-A session fixture hands tests an `XbpsTools`; they run `xbps-rindex`,
+A session fixture (`tools_or_skip`) hands tests an `XbpsTools`; they run `xbps-rindex`,
 `xbps-install`, ... through `XbpsTools.run`, which sets XBPS_ARCH so a
 glibc build host takes `x86_64-musl` packages as its own architecture.
 """
@@ -58,8 +58,8 @@ def build_tools(distfiles: Path = DISTFILES) -> XbpsTools:
     return XbpsTools(Path(proc.stdout.strip().splitlines()[-1]))
 
 
-@pytest.fixture(scope="session")
-def xbps() -> XbpsTools:
+def tools_or_skip() -> XbpsTools:
+    """The tools for a session fixture; skips (with the reason) where they cannot be built."""
     why = missing_build_deps()
     if why:
         pytest.skip(f"cannot build the xbps tools: {why}")

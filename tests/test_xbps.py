@@ -1,0 +1,352 @@
+"""xbps packages and repositories, judged by the real xbps 0.59.2 tools.
+
+The tools are built once per machine from the shared bundle
+(tests/xbps_tools.sh). Fast tests pack small trees and compare what we
+write with what `xbps-rindex` itself writes for the same packages; the
+slow ones build real C packages with musl and install, upgrade and remove
+them with `xbps-install` / `xbps-remove` in an empty root, from a local
+folder and from a signed repository served over HTTP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import plistlib
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from iglubuild.package import PackageInfo, pack_all, source_date_epoch
+from iglubuild.xbps import (
+    UNSIGNED_META,
+    package_filename,
+    parse_public_key,
+    public_key,
+    read_plist_member,
+    read_repodata,
+    trust_key,
+    write_repository,
+)
+from tests.xbps_support import XbpsTools, tools_or_skip
+
+EPOCH = 1_700_000_000
+
+
+@pytest.fixture(scope="session")
+def xbps() -> XbpsTools:
+    return tools_or_skip()
+
+
+def make_tree(root: Path) -> Path:
+    files = {
+        "usr/bin/ztool": b"#!/bin/sh\necho z\n",
+        "usr/lib/libz.a": b"archive",
+        "usr/include/zlib.h": b"int f(void);\n",
+        "etc/z.conf": b"level=9\n",
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "usr/bin/ztool").chmod(0o755)
+    (root / "usr/bin/zt").symlink_to("ztool")
+    (root / "var/empty").mkdir(parents=True)
+    return root
+
+
+SUBS = {"dev": ["usr/include", "usr/lib/*.a"]}
+
+
+def info(**kw: object) -> PackageInfo:
+    base = dict(name="zlib", version="1.3-2", release=2, arch="x86_64",
+                description="compression", license="Zlib", homepage="https://zlib.net",
+                deps=("musl",), backup=("etc/z.conf",), signature="abc")
+    base.update(kw)
+    return PackageInfo(**base)  # type: ignore[arg-type]
+
+
+def members(path: Path) -> list[tarfile.TarInfo]:
+    with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr:
+        with tarfile.open(fileobj=zr, mode="r|") as tar:
+            return list(tar)
+
+
+def repodata_members(path: Path) -> dict[str, bytes]:
+    out = {}
+    with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr:
+        with tarfile.open(fileobj=zr, mode="r|") as tar:
+            for m in tar:
+                f = tar.extractfile(m)
+                assert f is not None
+                out[m.name] = f.read()
+    return out
+
+
+def packed(tmp_path: Path, out: str = "out", epoch: int = EPOCH, **kw: object) -> Path:
+    root = tmp_path / "pkg"
+    if not root.exists():
+        make_tree(root)
+    pack_all(root, info(**kw), SUBS, tmp_path / out, epoch=epoch)
+    return tmp_path / out
+
+
+# ---------------------------------------------------------------- fast: format
+
+
+def test_package_name_members_and_props(tmp_path: Path) -> None:
+    out = packed(tmp_path)
+    # linux-headers-style versions lose their '-': xbps splits NAME-VERSION_REVISION.
+    assert package_filename(info()) == "zlib-1.3.2_2.x86_64-musl.xbps"
+    main = out / "zlib-1.3.2_2.x86_64-musl.xbps"
+    names = [m.name for m in members(main)]
+    assert names[:2] == ["./props.plist", "./files.plist"]
+    # Folders are in files.plist only: xbps's unpacker skips folder members.
+    assert names[2:] == ["./etc/z.conf", "./usr/bin/zt", "./usr/bin/ztool",
+                         "./usr/share/iglupkg/zlib"]
+    assert all(m.uid == 0 and m.uname == "root" and m.mtime <= EPOCH for m in members(main))
+    props = read_plist_member(main, "props.plist")
+    assert props["pkgver"] == "zlib-1.3.2_2" and props["version"] == "1.3.2_2"
+    assert props["architecture"] == "x86_64-musl" and props["short_desc"] == "compression"
+    assert props["run_depends"] == ["musl>=0"] and props["conf_files"] == ["/etc/z.conf"]
+    assert props["license"] == "Zlib" and props["homepage"] == "https://zlib.net"
+    files = read_plist_member(main, "files.plist")
+    assert [f["file"] for f in files["conf_files"]] == ["/etc/z.conf"]
+    assert {f["file"] for f in files["files"]} == {"/usr/bin/ztool", "/usr/share/iglupkg/zlib"}
+    tool = next(f for f in files["files"] if f["file"] == "/usr/bin/ztool")
+    assert tool["sha256"] == hashlib.sha256(b"#!/bin/sh\necho z\n").hexdigest()
+    assert tool["size"] == len(b"#!/bin/sh\necho z\n")
+    assert files["links"] == [{"file": "/usr/bin/zt", "target": "ztool", "mtime": EPOCH}]
+    assert {"file": "/var/empty"} in files["dirs"]
+    dev = read_plist_member(out / "zlib-dev-1.3.2_2.x86_64-musl.xbps", "props.plist")
+    # A sub-package needs its own build of the base package.
+    assert dev["run_depends"] == ["zlib>=1.3.2_2"] and "conf_files" not in dev
+
+
+def test_same_inputs_same_bytes(tmp_path: Path) -> None:
+    a, b = packed(tmp_path, "a"), packed(tmp_path, "b")
+    c = packed(tmp_path, "c", epoch=EPOCH + 1)
+    name = "zlib-1.3.2_2.x86_64-musl.xbps"
+    assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / name).read_bytes() != (c / name).read_bytes()
+    write_repository(a, epoch=EPOCH)
+    write_repository(b, epoch=EPOCH)
+    assert (a / "x86_64-musl-repodata").read_bytes() == (b / "x86_64-musl-repodata").read_bytes()
+
+
+def test_shlibs_from_elf(tmp_path: Path) -> None:
+    """SONAME and NEEDED of real ELF files (the host's clang makes them; glibc is fine here)."""
+    if shutil.which("clang") is None:
+        pytest.skip("clang missing")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "l.c").write_text("int l(void) { return 1; }\n")
+    (src / "m.c").write_text("int l(void);\nint main(void) { return l(); }\n")
+    root = tmp_path / "pkg"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    subprocess.run(["clang", "-shared", "-fPIC", "-Wl,-soname,libl.so.1", "-o",
+                    root / "usr/lib/libl.so.1", src / "l.c"], check=True)
+    subprocess.run(["clang", "-o", root / "usr/bin/m", src / "m.c", root / "usr/lib/libl.so.1"],
+                   check=True)
+    pack_all(root, info(name="l", version="1", deps=(), backup=()), {"m": ["usr/bin"]},
+             tmp_path / "out", epoch=EPOCH)
+    lib = read_plist_member(tmp_path / "out/l-1_2.x86_64-musl.xbps", "props.plist")
+    prog = read_plist_member(tmp_path / "out/l-m-1_2.x86_64-musl.xbps", "props.plist")
+    assert lib["shlib-provides"] == ["libl.so.1"] and lib["shlib-requires"] == ["libc.so.6"]
+    assert prog["shlib-requires"] == ["libc.so.6", "libl.so.1"]
+    assert "shlib-provides" not in prog
+
+
+# ---------------------------------------------------------------- fast: against xbps-rindex
+
+
+def test_our_index_is_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path) -> None:
+    out = packed(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for p in out.glob("*.xbps"):
+        shutil.copy2(p, theirs)
+    proc = xbps.run("xbps-rindex", "-a", *sorted(theirs.glob("*.xbps")))
+    assert "index: 2 packages registered." in proc.stdout, proc.stdout + proc.stderr
+    write_repository(out, epoch=EPOCH)
+    ours = repodata_members(out / "x86_64-musl-repodata")
+    real = repodata_members(theirs / "x86_64-musl-repodata")
+    assert list(ours) == list(real) == ["index.plist", "index-meta.plist"]
+    assert ours["index-meta.plist"] == real["index-meta.plist"] == UNSIGNED_META
+    assert plistlib.loads(ours["index.plist"]) == plistlib.loads(real["index.plist"])
+    # And xbps reads ours: the query answers from our repodata.
+    q = xbps.run("xbps-query", f"--repository={out}", "-R", "-S", "zlib-dev")
+    assert "pkgver: zlib-dev-1.3.2_2" in q.stdout and "run_depends:\n\tzlib>=1.3.2_2" in q.stdout
+
+
+def test_repository_updates_and_drops_stale_entries(xbps: XbpsTools, tmp_path: Path) -> None:
+    out = packed(tmp_path)
+    write_repository(out)
+    assert sorted(read_repodata(out)) == ["zlib", "zlib-dev"]
+    (out / "zlib-dev-1.3.2_2.x86_64-musl.xbps").unlink()
+    pack_all(tmp_path / "pkg", info(release=3), {}, out, epoch=EPOCH)
+    os.utime(out / "zlib-1.3.2_3.x86_64-musl.xbps", ns=(2**62, 2**62))  # clearly the newest
+    write_repository(out)
+    index = read_repodata(out)
+    assert sorted(index) == ["zlib"] and index["zlib"]["pkgver"] == "zlib-1.3.2_3"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries
+    q = xbps.run("xbps-query", f"--repository={out}", "-R", "-s", "zlib")
+    assert "zlib-1.3.2_3" in q.stdout and "zlib-dev" not in q.stdout
+
+
+# ---------------------------------------------------------------- fast: keys and signing
+
+
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from iglubuild.commands.keygen import make_key
+
+    # 2048 bits: the same kind as the 4096-bit default, made in a fraction of the time.
+    return make_key(tmp_path_factory.mktemp("key") / "keys" / "test.pem", bits=2048)
+
+
+def test_keygen_command(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("keygen", "--bits", "2048")
+    assert r.code == 0, r.err
+    key = tmp_path / "build/keys/xbps-signing.pem"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
+    assert key.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    pub = parse_public_key((tmp_path / "build/keys/xbps-signing.pem.pub").read_bytes())
+    assert pub.bits == 2048 and pub.fingerprint in r.out
+    again = cli("keygen")
+    assert again.code != 0 and "already exists" in again.err and "Traceback" not in again.err
+    assert len(again.err.strip().splitlines()) <= 2
+
+
+def test_signatures_are_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path,
+                                                signing_key: Path) -> None:
+    out = packed(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for p in out.glob("*.xbps"):
+        shutil.copy2(p, theirs)
+    pkgs = sorted(theirs.glob("*.xbps"))
+    xbps.run("xbps-rindex", "-a", *pkgs)
+    xbps.run("xbps-rindex", "--sign", "--signedby", "iglubuild", "--privkey", signing_key,
+             theirs)
+    xbps.run("xbps-rindex", "--sign-pkg", "--privkey", signing_key, *pkgs)
+    write_repository(out, signing_key=signing_key)
+    for p in pkgs:
+        # PKCS#1 v1.5 signatures are deterministic: the bytes must be the same.
+        assert (out / f"{p.name}.sig2").read_bytes() == Path(f"{p}.sig2").read_bytes()
+    ours = repodata_members(out / "x86_64-musl-repodata")
+    real = repodata_members(theirs / "x86_64-musl-repodata")
+    assert plistlib.loads(ours["index-meta.plist"]) == plistlib.loads(real["index-meta.plist"])
+    assert plistlib.loads(ours["index.plist"]) == plistlib.loads(real["index.plist"])
+    # The private key is nowhere in what is published.
+    secret = b"".join(signing_key.read_bytes().splitlines()[1:3])
+    for p in out.iterdir():
+        blob = p.read_bytes()
+        if p.suffix in (".xbps", ".zst") or p.name.endswith("repodata"):
+            with zstandard.ZstdDecompressor().stream_reader(p.open("rb")) as zr:
+                blob += zr.read()
+        assert secret not in blob.replace(b"\n", b""), p
+    # A package removed from the folder takes its signature with it.
+    (out / pkgs[0].name).unlink()
+    write_repository(out, signing_key=signing_key)
+    assert not (out / f"{pkgs[0].name}.sig2").exists()
+
+
+def test_missing_signing_key_is_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "recipes").mkdir()
+    r = cli("--signing-key", str(tmp_path / "nope.pem"), "world")
+    assert r.code != 0 and "does not exist" in r.err and "keygen" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_fingerprint_matches_ssh_keygen(tmp_path: Path, signing_key: Path) -> None:
+    """xbps names trusted keys by the OpenSSH MD5 fingerprint; ssh-keygen computes it too."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen missing")
+    key = public_key(signing_key)
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(key.pem)
+    proc = subprocess.run(["ssh-keygen", "-E", "md5", "-l", "-f", pub, "-m", "PKCS8"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        proc = subprocess.run(["ssh-keygen", "-i", "-m", "PKCS8", "-f", pub],
+                              capture_output=True, text=True, check=True)
+        (tmp_path / "k.ssh").write_text(proc.stdout)
+        proc = subprocess.run(["ssh-keygen", "-E", "md5", "-l", "-f", tmp_path / "k.ssh"],
+                              capture_output=True, text=True, check=True)
+    assert f"MD5:{key.fingerprint}" in proc.stdout
+
+
+# ---------------------------------------------------------------- HTTP, for signed repositories
+
+
+@pytest.fixture
+def serve() -> Iterator[functools.partial[str]]:
+    """Serve folders over HTTP on 127.0.0.1; yields a function folder -> URL."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(Quiet, directory=str(folder))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield functools.partial(start)
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_signed_remote_repository(xbps: XbpsTools, tmp_path: Path, signing_key: Path,
+                                  serve: functools.partial[str]) -> None:
+    """Over HTTP xbps checks the .sig2 of each package against a trusted key."""
+    out = packed(tmp_path, deps=())
+    write_repository(out, signing_key=signing_key)
+    url = serve(out)
+    # Not trusted yet: xbps-install would ask, and with no one to answer refuses.
+    untrusted = tmp_path / "untrusted"
+    proc = xbps.run("xbps-install", "-r", untrusted, f"--repository={url}", "-Sy", "zlib",
+                    check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Do you want to import this public key" in said
+    # xbps's own fingerprint of the key is the one we name the trusted key file by.
+    assert f"Fingerprint: {public_key(signing_key).fingerprint}\n" in said
+    assert not (untrusted / "usr/bin/ztool").exists()
+    root = tmp_path / "root"
+    trust_key(root, public_key(signing_key))
+    proc = xbps.run("xbps-install", "-r", root, f"--repository={url}", "-Sy", "zlib",
+                    check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verifying RSA signature" in proc.stdout
+    assert (root / "usr/bin/ztool").read_bytes() == b"#!/bin/sh\necho z\n"
+    # One flipped byte in a package: the signature no longer matches.
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    victim = bad / "zlib-dev-1.3.2_2.x86_64-musl.xbps"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    url_bad = serve(bad)
+    proc = xbps.run("xbps-install", "-r", root, f"--repository={url_bad}", "-Sy", "zlib-dev",
+                    check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "signature" in (proc.stdout + proc.stderr).lower()
+    assert not (root / "usr/include/zlib.h").exists()
+
+
+def test_epoch_default_is_source_date_epoch() -> None:
+    assert source_date_epoch(5) == 5
