@@ -35,6 +35,7 @@ class ElfInfo:
     interpreter: str | None
     needed: tuple[str, ...]
     soname: str | None = None  # DT_SONAME: what a shared library provides (xbps shlib-provides)
+    elf_type: int = 0  # e_type: ET_EXEC 2, ET_DYN 3 (shared objects and PIE programs)
 
     @property
     def glibc_reason(self) -> str | None:
@@ -75,6 +76,7 @@ def _parse(data: mmap.mmap) -> ElfInfo | None:
     is64 = data[4] == 2
     endian = "<" if data[5] == 1 else ">"
     try:
+        e_type, = struct.unpack_from(endian + "H", data, 0x10)
         if is64:
             phoff, = struct.unpack_from(endian + "Q", data, 0x20)
             phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
@@ -103,7 +105,7 @@ def _parse(data: mmap.mmap) -> ElfInfo | None:
         soname: str | None = None
         if dynamic is not None:
             needed, soname = _needed(data, dynamic, loads, is64, endian)
-        return ElfInfo(interp, tuple(needed), soname)
+        return ElfInfo(interp, tuple(needed), soname, e_type)
     except struct.error:
         return None  # truncated or not really ELF: not something a loader would run
 

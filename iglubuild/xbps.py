@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import zstandard
@@ -47,8 +47,10 @@ XBPS_SUFFIX = ".xbps"
 SIG_SUFFIX = ".sig2"
 ZSTD_LEVEL = 9  # what xbps-create and xbps-rindex use (compression-level=9)
 LIBC = "musl"
+LIBC_SHLIB = "libc.so"  # what every musl program NEEDs, provided by the musl package
 UNSIGNED_META = b"DEADBEEF"  # xbps-rindex's index-meta.plist of an unsigned repository
 SIGNED_BY = "iglubuild"
+ET_DYN = 3
 
 
 class XbpsError(BuildError):
@@ -138,18 +140,35 @@ def shlibs(entries: Sequence[Entry]) -> tuple[list[str], list[str]]:
             continue
         if elf.soname:
             provides.add(elf.soname)
+        elif elf.elf_type == ET_DYN and elf.interpreter is None:
+            # A shared object without a SONAME is found by its file name.
+            name = PurePosixPath(e.path).name
+            provides.add(name)
+            if name.startswith("ld-musl-"):
+                # musl's libc.so is its dynamic loader, and every musl program
+                # needs "libc.so" (Void's musl template says shlib_provides=libc.so).
+                provides.add(LIBC_SHLIB)
         requires.update(elf.needed)
     return sorted(provides), sorted(requires - provides)
 
 
-def run_depends(info: Info) -> list[str]:
-    """Dependency patterns: a sub-package needs its own build of the base, others any version."""
+def run_depends(info: Info, requires: Sequence[str] = ()) -> list[str]:
+    """Dependency patterns: a sub-package needs its own build of the base, others any version.
+
+    Recipes leave the C library out of `deps` (it is implied for every
+    package), but xbps installs only what is asked for, and refuses a
+    package whose `libc.so` nobody in the transaction provides; so a package
+    linked against musl depends on musl, as xbps-src derives run_depends from
+    shlib-requires.
+    """
     out = []
     for dep in info.deps:
         if dep == info.base and info.name != info.base:
             out.append(f"{dep}>={xbps_version(info.version)}_{info.release}")
         else:
             out.append(f"{dep}>=0")
+    if LIBC_SHLIB in requires and info.base != LIBC and LIBC not in info.deps:
+        out.append(f"{LIBC}>=0")
     return out
 
 
@@ -171,8 +190,9 @@ def props(info: Info, entries: Sequence[Entry], packaged_with: str = "") -> dict
         d["license"] = info.license
     if packaged_with:
         d["packaged-with"] = packaged_with
-    if info.deps:
-        d["run_depends"] = run_depends(info)
+    depends = run_depends(info, requires)
+    if depends:
+        d["run_depends"] = depends
     if info.backup:
         d["conf_files"] = [_abs(b) for b in info.backup]
     if provides:

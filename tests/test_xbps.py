@@ -36,7 +36,7 @@ from iglubuild.xbps import (
     trust_key,
     write_repository,
 )
-from tests.xbps_support import XbpsTools, tools_or_skip
+from tests.xbps_support import XbpsTools, rel_files, tools_or_skip
 
 EPOCH = 1_700_000_000
 
@@ -350,3 +350,182 @@ def test_signed_remote_repository(xbps: XbpsTools, tmp_path: Path, signing_key: 
 
 def test_epoch_default_is_source_date_epoch() -> None:
     assert source_date_epoch(5) == 5
+
+
+# ---------------------------------------------------------------- slow: real C packages
+
+
+LIBGREET = """
+    name: libgreet
+    version: "1.0"
+    description: says hello
+    license: MIT
+    homepage: https://example.org/greet
+    sources:
+      - url: TARBALL_URL
+    build: |
+      $CC $CFLAGS -fPIC -c greet.c -o greet.o
+      $CC $LDFLAGS -shared -Wl,-soname,libgreet.so.1 -o libgreet.so.1 greet.o
+    package: |
+      install -D -m755 libgreet.so.1 "$pkgdir/usr/lib/libgreet.so.1"
+      ln -s libgreet.so.1 "$pkgdir/usr/lib/libgreet.so"
+      install -D -m644 greet.h "$pkgdir/usr/include/greet.h"
+    subpackages:
+      dev: [usr/include, usr/lib/libgreet.so]
+    """
+LIBGREET_FILES = {
+    "greet.h": "void greet(const char *who);\n",
+    "greet.c": ('#include <stdio.h>\n#include "greet.h"\n'
+                'void greet(const char *who) { printf("hello, %s, from libgreet\\n", who); }\n'),
+}
+GREETER = """
+    name: greeter
+    version: "1.0"
+    release: RELEASE
+    description: greets the world
+    license: MIT
+    deps: [libgreet]
+    makedeps: [libgreet-dev]
+    backup: [etc/greeter.conf]
+    sources:
+      - url: TARBALL_URL
+    build: |
+      $CC $CFLAGS -o greeter main.c $LDFLAGS -lgreet
+    package: |
+      install -D -m755 greeter "$pkgdir/usr/bin/greeter"
+      install -D -m644 greeter.conf "$pkgdir/etc/greeter.conf"
+      ln -s greeter "$pkgdir/usr/bin/hi"
+    """
+GREETER_FILES = {
+    "main.c": '#include <greet.h>\nint main(void) { greet("world"); return 0; }\n',
+    "greeter.conf": "loud=no\n",
+}
+
+
+@pytest.fixture(scope="session")
+def musl_xbps(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """musl 1.2.3 built once per session (its .tar.zst artifacts and its .xbps files)."""
+    from iglubuild.build import build_package
+    from iglubuild.executors.host import HostExecutor
+    from iglubuild.recipe import load_tree
+    from iglubuild.settings import Settings
+    from tests.engine_support import MUSL_TARBALL, SHARED_DISTFILES, musl_recipe_text
+
+    if not MUSL_TARBALL.is_file():
+        pytest.skip(f"{MUSL_TARBALL} not present")
+    executor = HostExecutor()
+    executor.check()
+    base = tmp_path_factory.mktemp("musl-xbps")
+    recipes = base / "recipes"
+    (recipes / "base" / "musl").mkdir(parents=True)
+    (recipes / "base" / "musl" / "recipe.yaml").write_text(musl_recipe_text())
+    settings = Settings(recipes=recipes, build_dir=base / "build", distfiles=SHARED_DISTFILES)
+    arts = build_package(load_tree(recipes).recipes["musl"], settings, executor, [], "musl",
+                         epoch=EPOCH)
+    return [*arts, *sorted(settings.packages_dir().glob("*.xbps"))]
+
+
+class CRepo:
+    """libgreet (+ -dev) and greeter built by iglubuild with musl, in one packages folder."""
+
+    def __init__(self, base: Path, musl: list[Path]) -> None:
+        from iglubuild.executors.host import HostExecutor
+        from iglubuild.settings import Settings
+        from tests.engine_support import SHARED_DISTFILES
+
+        self.recipes = base / "recipes"
+        self.settings = Settings(recipes=self.recipes, build_dir=base / "build",
+                                 distfiles=SHARED_DISTFILES, jobs=2)
+        self.executor = HostExecutor()
+        self.musl = musl
+        self.packages = self.settings.packages_dir()
+        self.packages.mkdir(parents=True)
+        for p in musl:
+            if p.suffix == ".xbps":
+                shutil.copy2(p, self.packages)
+        from tests.engine_support import write_recipe
+
+        write_recipe(self.recipes, "libgreet", LIBGREET, LIBGREET_FILES)
+        self.greet = self.build("libgreet", [musl[0], musl[1]])
+        self.greeter(1)
+
+    def build(self, name: str, deps: list[Path]) -> list[Path]:
+        from iglubuild.build import build_package
+        from iglubuild.recipe import load_tree
+
+        lr = load_tree(self.recipes).recipes[name]
+        return build_package(lr, self.settings, self.executor, deps, f"{name}-sig", epoch=EPOCH)
+
+    def greeter(self, release: int) -> list[Path]:
+        from tests.engine_support import write_recipe
+
+        write_recipe(self.recipes, "greeter", GREETER.replace("RELEASE", str(release)),
+                     GREETER_FILES)
+        built = self.build("greeter", [self.musl[0], self.musl[1], *self.greet])
+        write_repository(self.packages)
+        return built
+
+
+@pytest.fixture(scope="module")
+def c_repo(tmp_path_factory: pytest.TempPathFactory, musl_xbps: list[Path]) -> CRepo:
+    return CRepo(tmp_path_factory.mktemp("c-repo"), musl_xbps)
+
+
+@pytest.mark.slow
+def test_c_packages_carry_shlibs_and_deps(c_repo: CRepo) -> None:
+    def props_of(name: str) -> dict[str, object]:
+        (pkg,) = c_repo.packages.glob(f"{name}-[0-9]*.xbps")
+        return dict(read_plist_member(pkg, "props.plist"))
+
+    lib, prog, musl = props_of("libgreet"), props_of("greeter"), props_of("musl")
+    assert lib["shlib-provides"] == ["libgreet.so.1"] and lib["shlib-requires"] == ["libc.so"]
+    assert prog["shlib-requires"] == ["libc.so", "libgreet.so.1"]
+    # musl is implied for every recipe, but xbps must be told: it comes from libc.so.
+    assert prog["run_depends"] == ["libgreet>=0", "musl>=0"]
+    assert lib["run_depends"] == ["musl>=0"] and "run_depends" not in musl
+    assert prog["conf_files"] == ["/etc/greeter.conf"]
+    assert "libc.so" in musl["shlib-provides"]  # type: ignore[operator]
+    assert props_of("libgreet-dev")["run_depends"] == ["libgreet>=1.0_1"]
+
+
+@pytest.mark.slow
+def test_real_xbps_installs_upgrades_and_removes(xbps: XbpsTools, c_repo: CRepo,
+                                                 tmp_path: Path) -> None:
+    # xbps-rindex itself accepts every package, with consistent shlibs.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for p in c_repo.packages.glob("*.xbps"):
+        shutil.copy2(p, theirs)
+    proc = xbps.run("xbps-rindex", "-a", *sorted(theirs.glob("*.xbps")))
+    assert "Inconsistent shlibs" not in proc.stdout and "packages registered" in proc.stdout
+    assert sorted(read_repodata(c_repo.packages)) == sorted(
+        plistlib.loads(repodata_members(theirs / "x86_64-musl-repodata")["index.plist"]))
+
+    root = tmp_path / "root"
+    repo = f"--repository={c_repo.packages}"
+    proc = xbps.run("xbps-install", "-r", root, repo, "-y", "greeter", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listed = xbps.run("xbps-query", "-r", root, "-l").stdout
+    assert sorted(line.split()[1] for line in listed.splitlines()) == [
+        "greeter-1.0_1", "libgreet-1.0_1", "musl-1.2.3_1"]
+    check = xbps.run("xbps-pkgdb", "-r", root, "-a", check=False)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
+    ran = subprocess.run(["chroot", root, "/usr/bin/hi"], capture_output=True, text=True,
+                         check=False)
+    assert ran.stdout == "hello, world, from libgreet\n", ran.stderr
+
+    # A release bump, rebuilt by iglubuild: xbps-install -u takes it.
+    (root / "etc/greeter.conf").write_text("loud=yes\n")  # an edited conf file is kept
+    c_repo.greeter(2)
+    proc = xbps.run("xbps-install", "-r", root, repo, "-uy", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "greeter-1.0_2" in xbps.run("xbps-query", "-r", root, "-l").stdout
+    assert (root / "etc/greeter.conf").read_text() == "loud=yes\n"
+    assert xbps.run("xbps-pkgdb", "-r", root, "-a", check=False).returncode == 0
+
+    # Removing it and what it pulled in leaves nothing but xbps's own database.
+    (root / "etc/greeter.conf").write_text("loud=no\n")  # unchanged conf files go too
+    proc = xbps.run("xbps-remove", "-r", root, "-Ry", "greeter", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert xbps.run("xbps-query", "-r", root, "-l").stdout == ""
+    assert rel_files(root, ignore=("var/db/xbps", "var/cache/xbps")) == []
