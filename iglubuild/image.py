@@ -251,6 +251,30 @@ def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
         index[art.name] = dict(meta, files=sorted(tree.files.get(art.name, [])))
     write_atomic(db / DB_INDEX, json.dumps({"packages": index}, indent=1, sort_keys=True) + "\n")
     tree.wanted_ids[f"{DB_DIR}/{DB_INDEX}"] = (0, 0)
+    write_xbps_db(tree, packages)
+
+
+def write_xbps_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
+    """xbps's own database (var/db/xbps), so `xbps-query -l` in the image lists its packages.
+
+    Each artifact's .xbps twin (written beside it by the same build) gives the
+    entry; one built before iglubuild wrote .xbps files is left out.
+    """
+    from iglubuild.package import source_date_epoch
+    from iglubuild.xbps import METADIR, PKGDB, write_pkgdb, xbps_filename
+
+    twins = []
+    for art in packages:
+        twin = art.path.parent / xbps_filename(art.name, art.version, art.release, art.arch)
+        if twin.is_file():
+            twins.append(twin)
+    if not twins:
+        return
+    metadir = resolve_in_root(tree.path, METADIR)
+    write_pkgdb(metadir, twins, source_date_epoch())
+    for p in metadir.iterdir():
+        tree.wanted_ids[f"{METADIR}/{p.name}"] = (0, 0)
+    tree.wanted_ids.setdefault(f"{METADIR}/{PKGDB}", (0, 0))
 
 
 def populate_root(packages: Sequence[Artifact], root: Path) -> RootTree:

@@ -31,7 +31,7 @@ import os
 import plistlib
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -72,18 +72,28 @@ class Entry(Protocol):
 
 
 class Info(Protocol):
-    """The package properties xbps needs (iglubuild.package.PackageInfo)."""
+    """The package properties xbps needs (iglubuild.package.PackageInfo, read-only)."""
 
-    name: str
-    version: str
-    release: int
-    arch: str
-    description: str
-    license: str
-    homepage: str
-    deps: tuple[str, ...]
-    backup: tuple[str, ...]
-    base: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def release(self) -> int: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def license(self) -> str: ...
+    @property
+    def homepage(self) -> str: ...
+    @property
+    def deps(self) -> tuple[str, ...]: ...
+    @property
+    def backup(self) -> tuple[str, ...]: ...
+    @property
+    def base(self) -> str: ...
 
 
 # ---------------------------------------------------------------- names
@@ -108,9 +118,13 @@ def pkgver(info: Info) -> str:
     return f"{info.name}-{xbps_version(info.version)}_{info.release}"
 
 
-def package_filename(info: Info) -> str:
+def xbps_filename(name: str, version: str, release: int, arch: str) -> str:
     """`NAME-VERSION_RELEASE.ARCH-musl.xbps`, as xbps-create names it."""
-    return f"{pkgver(info)}.{xbps_arch(info.arch)}{XBPS_SUFFIX}"
+    return f"{name}-{xbps_version(version)}_{release}.{xbps_arch(arch)}{XBPS_SUFFIX}"
+
+
+def package_filename(info: Info) -> str:
+    return xbps_filename(info.name, info.version, info.release, info.arch)
 
 
 def repodata_name(arch: str) -> str:
@@ -247,14 +261,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None
     tar.addfile(ti, io.BytesIO(data))
 
 
-def _write_zstd_tar(final: Path, fill: Any) -> Path:
+def _write_zstd_tar(final: Path, fill: Callable[[tarfile.TarFile], None]) -> Path:
     """Write `final` as a zstd pax tar that `fill(tar)` fills, temp-then-rename."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     tmp = Path(tmp_name)
     try:
         # Spooled first so zstd knows the size and sizes its tables to it.
         with os.fdopen(fd, "wb") as raw, tempfile.SpooledTemporaryFile(
-            max_size=64 << 20, dir=final.parent
+            max_size=64 << 20, dir=str(final.parent)
         ) as spool:
             with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 fill(tar)
@@ -513,3 +527,49 @@ def trust_key(root: Path, key: PublicKey, signed_by: str = SIGNED_BY) -> Path:
     folder = keys_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     return write_atomic(folder / f"{key.fingerprint}.plist", key.keys_plist(signed_by))
+
+
+# ---------------------------------------------------------------- installed-package database
+
+PKGDB = "pkgdb-0.38.plist"  # the name xbps 0.59 reads (XBPS_PKGDB)
+METADIR = "var/db/xbps"
+
+
+def read_member_bytes(archive: Path, member: str) -> bytes:
+    """The raw bytes of one member of an .xbps file."""
+    with archive.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(
+        raw, read_across_frames=True
+    ) as zr, tarfile.open(fileobj=zr, mode="r|") as tar:
+        for m in tar:
+            if m.name == f"./{member}":
+                f = tar.extractfile(m)
+                assert f is not None
+                return f.read()
+    raise XbpsError(f"{archive}: no {member} in it", hint="was it made by xbps or iglubuild?")
+
+
+def write_pkgdb(metadir: Path, packages: Sequence[Path], epoch: int,
+                repository: str = "") -> Path:
+    """Record `packages` (.xbps files already unpacked in the root) as installed.
+
+    What xbps-install leaves in `var/db/xbps`: `pkgdb-0.38.plist` with each
+    package's repository entry plus `state`, `install-date` and the SHA-256 of
+    `.NAME-files.plist`, its files.plist, which `xbps-pkgdb -a` checks the
+    files against. The date is SOURCE_DATE_EPOCH, so an image is reproducible.
+    """
+    import time
+
+    metadir.mkdir(parents=True, exist_ok=True)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+    db: dict[str, Any] = {"_XBPS_ALTERNATIVES_": {}}
+    for pkg in packages:
+        entry = index_entry(pkg)
+        name = _props_name(pkg)
+        files = read_member_bytes(pkg, "files.plist")
+        write_atomic(metadir / f".{name}-files.plist", files)
+        entry.update({"pkgname": name, "state": "installed", "install-date": date,
+                      "metafile-sha256": hashlib.sha256(files).hexdigest()})
+        if repository:
+            entry["repository"] = repository
+        db[name] = entry
+    return write_atomic(metadir / PKGDB, _plist(db))

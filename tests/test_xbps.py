@@ -352,6 +352,25 @@ def test_epoch_default_is_source_date_epoch() -> None:
     assert source_date_epoch(5) == 5
 
 
+def test_image_root_has_xbps_database(xbps: XbpsTools, tmp_path: Path) -> None:
+    """The image stage fills a root from the artifacts and writes xbps's own database."""
+    from iglubuild.image import find_artifacts, populate_root, runtime_closure
+
+    out = packed(tmp_path, version="1.3", deps=())
+    arts = find_artifacts(out)
+    root = tmp_path / "root"
+    populate_root(runtime_closure(["zlib-dev"], arts), root)
+    listed = xbps.run("xbps-query", "-r", root, "-l").stdout
+    assert [line.split()[1] for line in listed.splitlines()] == ["zlib-1.3_2", "zlib-dev-1.3_2"]
+    check = xbps.run("xbps-pkgdb", "-r", root, "-a", check=False)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
+    owned = xbps.run("xbps-query", "-r", root, "-o", "/usr/bin/ztool").stdout
+    assert owned.startswith("zlib-1.3_2: /usr/bin/ztool")
+    # A file changed behind xbps's back is noticed: the database is really checked.
+    (root / "usr/bin/ztool").write_text("tampered\n")
+    assert xbps.run("xbps-pkgdb", "-r", root, "-a", check=False).returncode != 0
+
+
 # ---------------------------------------------------------------- slow: real C packages
 
 
