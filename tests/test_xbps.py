@@ -371,6 +371,65 @@ def test_image_root_has_xbps_database(xbps: XbpsTools, tmp_path: Path) -> None:
     assert xbps.run("xbps-pkgdb", "-r", root, "-a", check=False).returncode != 0
 
 
+def test_pkg_command_writes_a_signed_repository(xbps: XbpsTools, cli,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path, signing_key: Path) -> None:
+    """`iglubuild pkg` with a signing key: .xbps, .sig2 and signed repodata; status reads it."""
+    import json
+
+    from tests.engine_support import write_recipe as write_engine_recipe
+
+    recipes = tmp_path / "recipes"
+    # Shell-only stand-ins: the C library is an implicit dep of every recipe.
+    write_engine_recipe(recipes, "musl", """
+        name: musl
+        version: 1.2.3
+        package: |
+          mkdir -p "$pkgdir/usr/include"
+          echo '/* stand-in */' > "$pkgdir/usr/include/stdio.h"
+        subpackages:
+          dev: [usr/include]
+        """)
+    write_engine_recipe(recipes, "foo", """
+        name: foo
+        version: "1.0"
+        description: a shell-only package
+        package: |
+          mkdir -p "$pkgdir/usr/share/foo"
+          echo hi > "$pkgdir/usr/share/foo/hi"
+        """)
+    opts = ("--recipes", str(recipes), "--signing-key", str(signing_key))
+    r = cli(*opts, "pkg", "foo")
+    assert r.code == 0, r.err
+    packages = tmp_path / "build/packages/x86_64"
+    assert sorted(p.name for p in packages.glob("*.sig2")) == [
+        "foo-1.0_1.x86_64-musl.xbps.sig2", "musl-1.2.3_1.x86_64-musl.xbps.sig2",
+        "musl-dev-1.2.3_1.x86_64-musl.xbps.sig2"]
+    meta = read_plist_member(packages / "x86_64-musl-repodata", "index-meta.plist")
+    assert meta["public-key"] == public_key(signing_key).pem and meta["signature-type"] == "rsa"
+    assert sorted(read_repodata(packages)) == ["foo", "musl", "musl-dev"]
+    # The private key went into no log.
+    secret = signing_key.read_text().splitlines()[1]
+    for log in (tmp_path / "build").rglob("*.log"):
+        assert secret not in log.read_text(errors="replace"), log
+    st = cli("--recipes", str(recipes), "status", "foo", "--json")
+    assert st.code == 0, st.err
+    assert json.loads(st.out)[0]["repository"] == "foo-1.0_1"
+    assert "xbps repository: 3 package(s)" in cli("--recipes", str(recipes), "status").err
+    # And the real xbps reads it.
+    q = xbps.run("xbps-query", f"--repository={packages}", "-R", "-S", "foo")
+    assert "pkgver: foo-1.0_1" in q.stdout and "short_desc: a shell-only package" in q.stdout
+
+
+def test_unreadable_signing_key_is_one_line(tmp_path: Path) -> None:
+    from iglubuild.xbps import XbpsError
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN RSA PRIVATE KEY-----\nnot really\n-----END RSA PRIVATE KEY-----\n")
+    with pytest.raises(XbpsError, match="not a readable private key") as exc:
+        public_key(bad)
+    assert "not really" not in str(exc.value)
+
+
 # ---------------------------------------------------------------- slow: real C packages
 
 
