@@ -29,6 +29,7 @@ import hashlib
 import io
 import os
 import plistlib
+import posixpath
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -231,15 +232,27 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
                 item["size"] = e.size
             groups["conf_files" if e.path in conf else "files"].append(item)
         elif e.kind == "symlink":
-            # The link text as is: xbps-pkgdb compares a relative target
-            # with readlink() unchanged (xbps-create would spell it absolute).
-            item["target"] = e.target
+            item["target"] = link_target(e.path, e.target)
             if e.mtime:
                 item["mtime"] = e.mtime
             groups["links"].append(item)
         else:
             groups["dirs"].append(item)
     return {k: v for k, v in groups.items() if v}
+
+
+def link_target(path: str, target: str) -> str:
+    """A symlink's `target` in files.plist, spelled as xbps-create spells it.
+
+    A plain relative link (`libz.so -> libz.so.1`) becomes the absolute path
+    it names; an absolute one stays. One with `./` or `../` in it stays as
+    written: xbps-create resolves such a link with realpath() inside the
+    package, which depends on what else is installed, and xbps-pkgdb compares
+    a relative target with readlink() unchanged, so as written is exact.
+    """
+    if target.startswith("/") or "./" in target:
+        return target
+    return posixpath.normpath(posixpath.join(posixpath.dirname(_abs(path)), target))
 
 
 def _plist(doc: Mapping[str, Any]) -> bytes:

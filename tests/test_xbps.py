@@ -124,7 +124,7 @@ def test_package_name_members_and_props(tmp_path: Path) -> None:
     tool = next(f for f in files["files"] if f["file"] == "/usr/bin/ztool")
     assert tool["sha256"] == hashlib.sha256(b"#!/bin/sh\necho z\n").hexdigest()
     assert tool["size"] == len(b"#!/bin/sh\necho z\n")
-    assert files["links"] == [{"file": "/usr/bin/zt", "target": "ztool", "mtime": EPOCH}]
+    assert files["links"] == [{"file": "/usr/bin/zt", "target": "/usr/bin/ztool", "mtime": EPOCH}]
     assert {"file": "/var/empty"} in files["dirs"]
     dev = read_plist_member(out / "zlib-dev-1.3.2_2.x86_64-musl.xbps", "props.plist")
     # A sub-package needs its own build of the base package.
@@ -186,6 +186,36 @@ def test_our_index_is_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path) -
     # And xbps reads ours: the query answers from our repodata.
     q = xbps.run("xbps-query", f"--repository={out}", "-R", "-S", "zlib-dev")
     assert "pkgver: zlib-dev-1.3.2_2" in q.stdout and "run_depends:\n\tzlib>=1.3.2_2" in q.stdout
+
+
+def test_our_plists_are_what_xbps_create_writes(xbps: XbpsTools, tmp_path: Path) -> None:
+    """The real xbps-create, given our package's files and the same options, agrees."""
+    out = packed(tmp_path)
+    ours = out / "zlib-1.3.2_2.x86_64-musl.xbps"
+    props = read_plist_member(ours, "props.plist")
+    files = read_plist_member(ours, "files.plist")
+    dest = tmp_path / "dest"
+    with ours.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr:
+        with tarfile.open(fileobj=zr, mode="r|") as tar:
+            tar.extractall(dest, filter="tar")
+    for name in ("props.plist", "files.plist"):
+        (dest / name).unlink()
+    for d in files["dirs"]:
+        (dest / d["file"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for link in files["links"]:
+        os.utime(dest / link["file"].lstrip("/"), (EPOCH, EPOCH), follow_symlinks=False)
+    made = tmp_path / "made"
+    made.mkdir()
+    subprocess.run([xbps.bin("xbps-create"), "-q", "-A", props["architecture"],
+                    "-n", props["pkgver"], "-s", props["short_desc"], "-l", props["license"],
+                    "-H", props["homepage"], "-D", " ".join(props["run_depends"]),
+                    "-F", " ".join(props["conf_files"]), dest],
+                   cwd=made, check=True, env={"PATH": "/usr/bin:/bin"})
+    theirs = made / ours.name
+    assert theirs.is_file()
+    real_props = read_plist_member(theirs, "props.plist")
+    assert {k: v for k, v in props.items() if k != "packaged-with"} == real_props
+    assert files == read_plist_member(theirs, "files.plist")
 
 
 def test_repository_updates_and_drops_stale_entries(xbps: XbpsTools, tmp_path: Path) -> None:
