@@ -26,6 +26,15 @@ if [ -f "$prefix/.built" ]; then
 	exit 0
 fi
 
+# One builder at a time (two test sessions may start together); the second
+# finds the first one's stamp.
+exec 9>"$prefix.lock"
+flock 9
+if [ -f "$prefix/.built" ]; then
+	echo "$prefix"
+	exit 0
+fi
+
 for pc in libarchive libssl zlib; do
 	pkg-config --exists "$pc" 2>/dev/null || {
 		echo "xbps_tools: $pc development files missing" \
