@@ -401,6 +401,40 @@ def test_image_root_has_xbps_database(xbps: XbpsTools, tmp_path: Path) -> None:
     assert xbps.run("xbps-pkgdb", "-r", root, "-a", check=False).returncode != 0
 
 
+def test_image_with_repo_installs_more_from_it(xbps: XbpsTools, tmp_path: Path,
+                                              signing_key: Path) -> None:
+    """`image --with-repo`: the repository on the image, named in /etc/xbps.d, key trusted;
+    xbps-install takes a package from it and the already installed base satisfies its deps."""
+    from iglubuild.image import (
+        REPO_DIR,
+        add_repository,
+        find_artifacts,
+        populate_root,
+        runtime_closure,
+    )
+
+    out = packed(tmp_path, version="1.3", deps=())
+    write_repository(out, signing_key=signing_key)
+    root = tmp_path / "root"
+    tree = populate_root(runtime_closure(["zlib"], find_artifacts(out)), root)
+    assert add_repository(tree, out) == 2
+    assert (root / "etc/xbps.d/00-iglunix.conf").read_text().endswith(
+        f"repository=/{REPO_DIR}\n")
+    key = public_key(signing_key)
+    assert (root / f"var/db/xbps/keys/{key.fingerprint}.plist").is_file()
+    secret = signing_key.read_text().splitlines()[1]
+    assert not any(secret in p.read_text(errors="replace")
+                   for p in root.rglob("*") if p.is_file())
+    proc = xbps.run("xbps-install", "-r", root, f"--repository={root / REPO_DIR}", "-y",
+                    "zlib-dev", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 installed" in proc.stdout  # zlib was already there, from the image's database
+    listed = xbps.run("xbps-query", "-r", root, "-l").stdout
+    assert [line.split()[1] for line in listed.splitlines()] == ["zlib-1.3_2", "zlib-dev-1.3_2"]
+    assert (root / "usr/include/zlib.h").is_file()
+    assert xbps.run("xbps-pkgdb", "-r", root, "-a", check=False).returncode == 0
+
+
 def test_pkg_command_writes_a_signed_repository(xbps: XbpsTools, cli,  # type: ignore[no-untyped-def]
                                                tmp_path: Path, signing_key: Path) -> None:
     """`iglubuild pkg` with a signing key: .xbps, .sig2 and signed repodata; status reads it."""
@@ -637,3 +671,13 @@ def test_real_xbps_installs_upgrades_and_removes(xbps: XbpsTools, c_repo: CRepo,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert xbps.run("xbps-query", "-r", root, "-l").stdout == ""
     assert rel_files(root, ignore=("var/db/xbps", "var/cache/xbps")) == []
+
+
+def test_image_with_repo_but_no_repository_is_one_line(tmp_path: Path) -> None:
+    from iglubuild.errors import UsageError
+    from iglubuild.image import add_repository
+    from iglubuild.package import RootTree
+
+    with pytest.raises(UsageError, match="no xbps repository") as exc:
+        add_repository(RootTree(tmp_path / "root"), tmp_path)
+    assert "iglubuild world" in (exc.value.hint or "")
