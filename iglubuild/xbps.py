@@ -490,6 +490,16 @@ def _props_name(package: Path) -> str:
     return stem.rsplit("-", 1)[0]
 
 
+def _published_key(packages_dir: Path, arch: str) -> bytes | None:
+    """The public key in the current repodata's index-meta, if it is signed."""
+    try:
+        meta = read_plist_member(packages_dir / repodata_name(arch), "index-meta.plist")
+    except XbpsError:
+        return None
+    key = meta.get("public-key") if isinstance(meta, dict) else None
+    return key if isinstance(key, bytes) else None
+
+
 def write_repository(packages_dir: Path, arch: str = "x86_64", *,
                      signing_key: Path | None = None, signed_by: str = SIGNED_BY,
                      epoch: int | None = None) -> Path:
@@ -516,7 +526,14 @@ def write_repository(packages_dir: Path, arch: str = "x86_64", *,
         key = public_key(signing_key)
         meta = _plist({"public-key": key.pem, "public-key-size": key.bits,
                        "signature-by": signed_by, "signature-type": "rsa"})
+        # Signing costs one openssl run per package: a signature made by this
+        # same key after the package was last written is kept.
+        same_key = _published_key(packages_dir, arch) == key.pem
         for pkg in chosen.values():
+            sig = pkg.with_name(pkg.name + SIG_SUFFIX)
+            if (same_key and sig.is_file() and sig.stat().st_size == key.bits // 8
+                    and sig.stat().st_mtime_ns >= pkg.stat().st_mtime_ns):
+                continue
             sign_file(signing_key, pkg)
     for sig in packages_dir.glob(f"*{suffix}{SIG_SUFFIX}"):
         if not sig.with_name(sig.name[:-len(SIG_SUFFIX)]).exists():

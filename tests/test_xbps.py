@@ -285,6 +285,16 @@ def test_signatures_are_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path,
             with zstandard.ZstdDecompressor().stream_reader(p.open("rb")) as zr:
                 blob += zr.read()
         assert secret not in blob.replace(b"\n", b""), p
+    # A second write with the same key keeps the signatures (no openssl run);
+    # a rebuilt package is signed again.
+    sig = out / f"{pkgs[0].name}.sig2"
+    before = sig.stat().st_mtime_ns
+    write_repository(out, signing_key=signing_key)
+    assert sig.stat().st_mtime_ns == before
+    os.utime(out / pkgs[0].name, ns=(before + 10**9, before + 10**9))
+    write_repository(out, signing_key=signing_key)
+    assert sig.stat().st_mtime_ns != before
+    assert sig.read_bytes() == Path(f"{pkgs[0]}.sig2").read_bytes()
     # A package removed from the folder takes its signature with it.
     (out / pkgs[0].name).unlink()
     write_repository(out, signing_key=signing_key)
