@@ -557,7 +557,7 @@ GREETER_FILES = {
 @pytest.fixture(scope="session")
 def musl_xbps(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """musl 1.2.3 built once per session (its .tar.zst artifacts and its .xbps files)."""
-    from iglubuild.build import build_package
+    from iglubuild.build import BuildJob, build_package
     from iglubuild.executors.host import HostExecutor
     from iglubuild.recipe import load_tree
     from iglubuild.settings import Settings
@@ -572,8 +572,8 @@ def musl_xbps(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     (recipes / "base" / "musl").mkdir(parents=True)
     (recipes / "base" / "musl" / "recipe.yaml").write_text(musl_recipe_text())
     settings = Settings(recipes=recipes, build_dir=base / "build", distfiles=SHARED_DISTFILES)
-    arts = build_package(load_tree(recipes).recipes["musl"], settings, executor, [], "musl",
-                         epoch=EPOCH)
+    arts = build_package(BuildJob(load_tree(recipes).recipes["musl"], settings, executor, [],
+                                  "musl", epoch=EPOCH))
     return [*arts, *sorted(settings.packages_dir().glob("*.xbps"))]
 
 
@@ -602,11 +602,12 @@ class CRepo:
         self.greeter(1)
 
     def build(self, name: str, deps: list[Path]) -> list[Path]:
-        from iglubuild.build import build_package
+        from iglubuild.build import BuildJob, build_package
         from iglubuild.recipe import load_tree
 
         lr = load_tree(self.recipes).recipes[name]
-        return build_package(lr, self.settings, self.executor, deps, f"{name}-sig", epoch=EPOCH)
+        return build_package(BuildJob(lr, self.settings, self.executor, deps, f"{name}-sig",
+                                      epoch=EPOCH))
 
     def greeter(self, release: int) -> list[Path]:
         from tests.engine_support import write_recipe
