@@ -108,8 +108,9 @@ def xbps_arch(arch: str) -> str:
 def xbps_version(version: str) -> str:
     """A version xbps can split from its name: `-` and `_` become `.`.
 
-    xbps reads `NAME-VERSION_REVISION` by its last `-` and last `_`, so a
-    version such as linux-headers' `4.19.88-2` must not contain either.
+    xbps reads `NAME-VERSION_REVISION` by its last `-` and last `_`, so the
+    version may contain neither; recipes allow `_` (and refuse `-`, which
+    an artifact made elsewhere may still carry).
     """
     return version.replace("-", ".").replace("_", ".")
 
