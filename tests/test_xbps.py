@@ -104,7 +104,7 @@ def packed(tmp_path: Path, out: str = "out", epoch: int = EPOCH, **kw: object) -
 
 def test_package_name_members_and_props(tmp_path: Path) -> None:
     out = packed(tmp_path)
-    # linux-headers-style versions lose their '-': xbps splits NAME-VERSION_REVISION.
+    # A '-' in a version becomes '.': xbps splits NAME-VERSION_REVISION at the last '-'.
     assert package_filename(info()) == "zlib-1.3.2_2.x86_64-musl.xbps"
     main = out / "zlib-1.3.2_2.x86_64-musl.xbps"
     names = [m.name for m in members(main)]
