@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import plistlib
 import posixpath
@@ -501,12 +502,83 @@ def _published_key(packages_dir: Path, arch: str) -> bytes | None:
     return key if isinstance(key, bytes) else None
 
 
+def twin_from_artifact(artifact: Path) -> Path:
+    """Write the .xbps twin of an iglubuild `.tar.zst` artifact (one packed before
+    iglubuild wrote .xbps files); it gets the artifact's mtime, so the newest
+    build of a package stays the newest."""
+    from iglubuild.package import PKGINFO, PackageInfo, _Entry, open_artifact
+
+    entries: list[_Entry] = []
+    info: PackageInfo | None = None
+    epoch = 0
+    with tempfile.TemporaryDirectory(prefix=".xbps-twin.", dir=artifact.parent) as tmp, \
+            open_artifact(artifact) as tar:
+        for n, m in enumerate(tar):
+            f = tar.extractfile(m) if m.isfile() else None
+            if m.name == PKGINFO:
+                assert f is not None
+                meta = json.loads(f.read())
+                info = PackageInfo(
+                    name=str(meta["name"]), version=str(meta["version"]),
+                    release=int(meta["release"]), arch=str(meta["arch"]),
+                    description=str(meta.get("description", "")),
+                    license=str(meta.get("license", "")),
+                    homepage=str(meta.get("homepage", "")),
+                    deps=tuple(meta.get("deps", ())), backup=tuple(meta.get("backup", ())),
+                    base=str(meta.get("base", "")), signature=str(meta.get("signature", "")))
+                epoch = int(meta.get("build_date") or 0)
+                continue
+            rel = m.name.rstrip("/")
+            if m.isdir():
+                entries.append(_Entry(rel, "dir", m.mode & 0o7777, int(m.mtime)))
+            elif m.issym():
+                entries.append(_Entry(rel, "symlink", 0o777, int(m.mtime), target=m.linkname))
+            elif f is not None:
+                # Spilled to disk: the ELF reader takes a path, and files may be large.
+                spill = Path(tmp) / str(n)
+                h = hashlib.sha256()
+                with spill.open("wb") as out:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+                entries.append(_Entry(rel, "file", m.mode & 0o7777, int(m.mtime), size=m.size,
+                                      source=spill, sha256=h.hexdigest()))
+        if info is None:
+            raise XbpsError(f"{artifact}: no {PKGINFO}", hint="was it made by iglubuild?")
+        from iglubuild import __version__
+
+        entries.sort(key=lambda e: e.path)
+        epoch = epoch or max((e.mtime for e in entries), default=0)
+        twin = write_package(info, entries, artifact.parent, epoch,
+                             packaged_with=f"iglubuild {__version__}")
+    st = artifact.stat()
+    os.utime(twin, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return twin
+
+
+def add_missing_twins(packages_dir: Path) -> list[Path]:
+    """Make the .xbps twin of every artifact in `packages_dir` that has none."""
+    from iglubuild.package import SUFFIX, read_metadata
+
+    made = []
+    for artifact in sorted(packages_dir.glob(f"*{SUFFIX}")):
+        # From .PKGINFO (the artifact's head), not the file name: a version
+        # with '-' makes the name ambiguous.
+        meta = read_metadata(artifact)
+        twin = packages_dir / xbps_filename(str(meta["name"]), str(meta["version"]),
+                                            int(meta["release"]), str(meta["arch"]))
+        if not twin.exists():
+            made.append(twin_from_artifact(artifact))
+    return made
+
+
 def write_repository(packages_dir: Path, arch: str = "x86_64", *,
                      signing_key: Path | None = None, signed_by: str = SIGNED_BY,
                      epoch: int | None = None) -> Path:
     """(Re)write `ARCH-musl-repodata` for the .xbps files in `packages_dir`.
 
-    The index is made afresh from the packages present, so a package whose
+    Artifacts packed before iglubuild wrote .xbps files get their twin first
+    (`add_missing_twins`). The index is made afresh from the packages present, so a package whose
     file is gone leaves the index; where several builds of one package sit
     side by side, the newest file is the one listed. With a signing key,
     every package gets a `.sig2` and index-meta carries the public key; a
@@ -515,6 +587,7 @@ def write_repository(packages_dir: Path, arch: str = "x86_64", *,
     from iglubuild.package import source_date_epoch
 
     epoch = source_date_epoch(epoch)
+    add_missing_twins(packages_dir)
     suffix = f".{xbps_arch(arch)}{XBPS_SUFFIX}"
     chosen: dict[str, Path] = {}
     for pkg in sorted(packages_dir.glob(f"*{suffix}")):

@@ -142,6 +142,23 @@ def test_same_inputs_same_bytes(tmp_path: Path) -> None:
     assert (a / "x86_64-musl-repodata").read_bytes() == (b / "x86_64-musl-repodata").read_bytes()
 
 
+def test_artifact_without_twin_gets_one(tmp_path: Path) -> None:
+    """Artifacts packed before .xbps files existed get their twin at the next repository
+    write: the same bytes pack() would have written, the artifact's mtime."""
+    out = packed(tmp_path)
+    twins = sorted(out.glob("*.xbps"))
+    originals = {p.name: p.read_bytes() for p in twins}
+    for p in twins:
+        p.unlink()
+    old = 1_600_000_000_000_000_000
+    os.utime(out / "zlib-1.3-2-r2.x86_64.tar.zst", ns=(old, old))
+    write_repository(out)
+    assert {p.name: p.read_bytes() for p in out.glob("*.xbps")} == originals
+    assert (out / "zlib-1.3.2_2.x86_64-musl.xbps").stat().st_mtime_ns == old
+    assert sorted(read_repodata(out)) == ["zlib", "zlib-dev"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
 def test_shlibs_from_elf(tmp_path: Path) -> None:
     """SONAME and NEEDED of real ELF files (the host's clang makes them; glibc is fine here)."""
     if shutil.which("clang") is None:
@@ -164,6 +181,12 @@ def test_shlibs_from_elf(tmp_path: Path) -> None:
     assert lib["shlib-provides"] == ["libl.so.1"] and lib["shlib-requires"] == ["libc.so.6"]
     assert prog["shlib-requires"] == ["libc.so.6", "libl.so.1"]
     assert "shlib-provides" not in prog
+    # The twin made from the .tar.zst finds the same shlibs (same bytes).
+    made = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.xbps")}
+    for name in made:
+        (tmp_path / "out" / name).unlink()
+    write_repository(tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.xbps")} == made
 
 
 # ---------------------------------------------------------------- fast: against xbps-rindex
@@ -222,7 +245,8 @@ def test_repository_updates_and_drops_stale_entries(xbps: XbpsTools, tmp_path: P
     out = packed(tmp_path)
     write_repository(out)
     assert sorted(read_repodata(out)) == ["zlib", "zlib-dev"]
-    (out / "zlib-dev-1.3.2_2.x86_64-musl.xbps").unlink()
+    for gone in out.glob("zlib-dev-*"):  # the package is gone: artifact and .xbps
+        gone.unlink()
     pack_all(tmp_path / "pkg", info(release=3), {}, out, epoch=EPOCH)
     os.utime(out / "zlib-1.3.2_3.x86_64-musl.xbps", ns=(2**62, 2**62))  # clearly the newest
     write_repository(out)
@@ -288,15 +312,18 @@ def test_signatures_are_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path,
     # A second write with the same key keeps the signatures (no openssl run);
     # a rebuilt package is signed again.
     sig = out / f"{pkgs[0].name}.sig2"
-    before = sig.stat().st_mtime_ns
+    before = sig.stat()
     write_repository(out, signing_key=signing_key)
-    assert sig.stat().st_mtime_ns == before
-    os.utime(out / pkgs[0].name, ns=(before + 10**9, before + 10**9))
+    assert sig.stat().st_ino == before.st_ino  # not rewritten (rewrites are renames)
+    later = before.st_mtime_ns + 10**9
+    os.utime(out / pkgs[0].name, ns=(later, later))
     write_repository(out, signing_key=signing_key)
-    assert sig.stat().st_mtime_ns != before
+    assert sig.stat().st_ino != before.st_ino
     assert sig.read_bytes() == Path(f"{pkgs[0]}.sig2").read_bytes()
-    # A package removed from the folder takes its signature with it.
+    # A package removed from the folder (artifact and .xbps) takes its signature with it.
+    assert pkgs[0].name.startswith("zlib-1.3")
     (out / pkgs[0].name).unlink()
+    (out / "zlib-1.3-2-r2.x86_64.tar.zst").unlink()
     write_repository(out, signing_key=signing_key)
     assert not (out / f"{pkgs[0].name}.sig2").exists()
 
