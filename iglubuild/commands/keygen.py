@@ -51,7 +51,8 @@ def make_key(path: Path, bits: int = DEFAULT_BITS) -> Path:
         proc = run([openssl, "genrsa", "-traditional", "-out", tmp, str(bits)],
                    capture=True, check=False, env=base_env())
         if proc.returncode != 0:
-            raise XbpsError(f"openssl genrsa failed: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise XbpsError(f"openssl genrsa failed: {last}", hint="is openssl 1.1 or newer?")
         pub = public_key(tmp)
         os.replace(tmp, path)
     finally:
