@@ -17,7 +17,7 @@ from pathlib import Path
 
 ELF_MAGIC = b"\x7fELF"
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
-DT_NULL, DT_NEEDED, DT_STRTAB = 0, 1, 5
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_SONAME = 0, 1, 5, 14
 
 GLIBC_INTERPRETERS = frozenset({
     "/lib64/ld-linux-x86-64.so.2",
@@ -34,6 +34,8 @@ class ElfInfo:
 
     interpreter: str | None
     needed: tuple[str, ...]
+    soname: str | None = None  # DT_SONAME: what a shared library provides (xbps shlib-provides)
+    elf_type: int = 0  # e_type: ET_EXEC 2, ET_DYN 3 (shared objects and PIE programs)
 
     @property
     def glibc_reason(self) -> str | None:
@@ -74,6 +76,7 @@ def _parse(data: mmap.mmap) -> ElfInfo | None:
     is64 = data[4] == 2
     endian = "<" if data[5] == 1 else ">"
     try:
+        e_type, = struct.unpack_from(endian + "H", data, 0x10)
         if is64:
             phoff, = struct.unpack_from(endian + "Q", data, 0x20)
             phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
@@ -99,15 +102,16 @@ def _parse(data: mmap.mmap) -> ElfInfo | None:
             elif p_type == PT_DYNAMIC:
                 dynamic = (p_offset, p_filesz)
         needed: list[str] = []
+        soname: str | None = None
         if dynamic is not None:
-            needed = _needed(data, dynamic, loads, is64, endian)
-        return ElfInfo(interp, tuple(needed))
+            needed, soname = _needed(data, dynamic, loads, is64, endian)
+        return ElfInfo(interp, tuple(needed), soname, e_type)
     except struct.error:
         return None  # truncated or not really ELF: not something a loader would run
 
 
 def _needed(data: mmap.mmap, dynamic: tuple[int, int], loads: list[tuple[int, int, int]],
-            is64: bool, endian: str) -> list[str]:
+            is64: bool, endian: str) -> tuple[list[str], str | None]:
     fmt = endian + ("qQ" if is64 else "iI")
     size = struct.calcsize(fmt)
     offset, length = dynamic
@@ -119,17 +123,22 @@ def _needed(data: mmap.mmap, dynamic: tuple[int, int], loads: list[tuple[int, in
         entries.append((tag, val))
     strtab = next((v for t, v in entries if t == DT_STRTAB), None)
     if strtab is None:
-        return []
+        return [], None
     # DT_STRTAB is a virtual address; the PT_LOAD segments map it to the file.
     base = next((off + strtab - va for va, off, sz in loads if va <= strtab < va + sz), None)
     if base is None:
-        return []
+        return [], None
     names = []
+    soname: str | None = None
     for tag, val in entries:
-        if tag == DT_NEEDED:
+        if tag in (DT_NEEDED, DT_SONAME):
             end = data.find(b"\0", base + val)
-            names.append(data[base + val:end].decode("utf-8", "replace"))
-    return names
+            text = data[base + val:end].decode("utf-8", "replace")
+            if tag == DT_NEEDED:
+                names.append(text)
+            else:
+                soname = text
+    return names, soname
 
 
 def find_glibc_linked(root: Path) -> list[tuple[str, str]]:

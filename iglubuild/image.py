@@ -252,6 +252,75 @@ def write_package_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
         index[art.name] = dict(meta, files=sorted(tree.files.get(art.name, [])))
     write_atomic(db / DB_INDEX, json.dumps({"packages": index}, indent=1, sort_keys=True) + "\n")
     tree.wanted_ids[f"{DB_DIR}/{DB_INDEX}"] = (0, 0)
+    write_xbps_db(tree, packages)
+
+
+def write_xbps_db(tree: RootTree, packages: Sequence[Artifact]) -> None:
+    """xbps's own database (var/db/xbps), so `xbps-query -l` in the image lists its packages.
+
+    Each artifact's .xbps twin (written beside it by the same build) gives the
+    entry; one built before iglubuild wrote .xbps files is left out.
+    """
+    from iglubuild.package import source_date_epoch
+    from iglubuild.xbps import METADIR, PKGDB, write_pkgdb, xbps_filename
+
+    twins = []
+    for art in packages:
+        twin = art.path.parent / xbps_filename(art.name, art.version, art.release, art.arch)
+        if twin.is_file():
+            twins.append(twin)
+    if not twins:
+        return
+    metadir = resolve_in_root(tree.path, METADIR)
+    write_pkgdb(metadir, twins, source_date_epoch())
+    for p in metadir.iterdir():
+        tree.wanted_ids[f"{METADIR}/{p.name}"] = (0, 0)
+    tree.wanted_ids.setdefault(f"{METADIR}/{PKGDB}", (0, 0))
+
+
+REPO_DIR = "var/lib/iglunix/packages"  # the repository an image carries (image --with-repo)
+XBPS_CONF = "etc/xbps.d/00-iglunix.conf"
+
+
+def add_repository(tree: RootTree, packages_dir: Path) -> int:
+    """Put the xbps repository on the image and point xbps at it; returns the package count.
+
+    The .xbps files, their signatures and the repodata go to /var/lib/iglunix/packages,
+    and /etc/xbps.d/00-iglunix.conf names it, so `xbps-install NAME` in the booted
+    system installs from it. A signed repository's public key is trusted in the image
+    (only the public half: the private key is never read here).
+    """
+    from iglubuild.xbps import (
+        XBPS_SUFFIX,
+        parse_public_key,
+        read_plist_member,
+        repodata_name,
+        trust_key,
+    )
+
+    repodata = packages_dir / repodata_name(ARCH)
+    if not repodata.is_file():
+        raise UsageError(f"no xbps repository in {packages_dir}",
+                         hint="build the packages first: iglubuild world (or iglubuild pkg NAME)")
+    dest = resolve_in_root(tree.path, REPO_DIR)
+    dest.mkdir(parents=True, exist_ok=True)
+    packages = sorted(packages_dir.glob(f"*{XBPS_SUFFIX}"))
+    files = [repodata, *packages, *sorted(packages_dir.glob(f"*{XBPS_SUFFIX}.sig2"))]
+    for f in files:
+        shutil.copyfile(f, dest / f.name)
+        os.chmod(dest / f.name, 0o644)
+        tree.wanted_ids[f"{REPO_DIR}/{f.name}"] = (0, 0)
+    conf = resolve_in_root(tree.path, XBPS_CONF)
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(conf, f"# The packages this image was built from (iglubuild image --with-repo).\n"
+                       f"repository=/{REPO_DIR}\n")
+    tree.wanted_ids[XBPS_CONF] = (0, 0)
+    meta = read_plist_member(repodata, "index-meta.plist")
+    if meta.get("public-key"):
+        key = trust_key(tree.path, parse_public_key(meta["public-key"]),
+                        str(meta.get("signature-by", "")))
+        tree.wanted_ids[str(key.relative_to(tree.path))] = (0, 0)
+    return len(packages)
 
 
 def populate_root(packages: Sequence[Artifact], root: Path) -> RootTree:
@@ -579,7 +648,8 @@ def find_kernel(root: Path, kernel: Path | None) -> Path:
 
 def build_image(settings: Settings, packages: Sequence[str] | None = None,
                 kernel: Path | None = None, size: int | None = None,
-                output: Path | None = None) -> tuple[ImageResult, list[Artifact]]:
+                output: Path | None = None, with_repo: bool = False
+                ) -> tuple[ImageResult, list[Artifact]]:
     """`iglubuild image`: closure of the image set -> root tree -> image file."""
     names = list(packages or DEFAULT_IMAGE_SET)
     artifacts = find_artifacts(settings.packages_dir(ARCH))
@@ -592,6 +662,8 @@ def build_image(settings: Settings, packages: Sequence[str] | None = None,
         root.mkdir()
         os.chmod(root, 0o755)
         tree = populate_root(closure, root)
+        if with_repo:
+            add_repository(tree, settings.packages_dir(ARCH))
         found_kernel = find_kernel(root, kernel)
         result = make_image(tree, found_kernel, output or settings.image_path, size,
                             work=Path(work))

@@ -37,7 +37,7 @@ from typing import Any
 
 import zstandard
 
-from iglubuild import integrity
+from iglubuild import __version__, integrity, xbps
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError, disk_full, is_disk_full
 
@@ -321,6 +321,8 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
             raise disk_full(out_dir) from exc
         raise
     integrity.seal_artifact(final)  # checked before every use (status, sysroot, image)
+    # The same package for xbps, Iglunix's package manager (iglubuild/xbps.py).
+    xbps.write_package(info, ordered, out_dir, epoch, packaged_with=f"iglubuild {__version__}")
     return final
 
 

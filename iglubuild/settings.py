@@ -118,6 +118,10 @@ OPTIONS: tuple[Option, ...] = (
            "largest unpacked size of one archive (16G)", "SIZE"),
     Option("max_ratio", "--max-ratio", "IGLUBUILD_MAX_RATIO", _positive_float,
            "largest unpacked/packed size ratio of one archive (200)", "N"),
+    Option(
+        "signing_key", "--signing-key", "IGLUBUILD_SIGNING_KEY", Path,
+        "RSA private key that signs the xbps repository (see `iglubuild keygen`)", "FILE",
+    ),
 )
 
 
@@ -138,6 +142,7 @@ class Settings:
     rate_window: float = 60.0
     max_unpacked: int = 16 << 30
     max_ratio: float = 200.0
+    signing_key: Path | None = None
     debug: bool = False
     project_root: Path = Path(".")
 
@@ -234,7 +239,7 @@ def resolve(
             values[opt.name] = _parse(opt, environ[opt.env], opt.env)
         elif opt.name in file_values:
             values[opt.name] = _parse(opt, file_values[opt.name], str(config_path))
-    for key in ("recipes", "build_dir", "distfiles"):
+    for key in ("recipes", "build_dir", "distfiles", "signing_key"):
         if key in values and not values[key].is_absolute():
             values[key] = (cwd / values[key])
     values.setdefault("recipes", cwd / "recipes")

@@ -348,7 +348,8 @@ def test_parallel_builds_share_one_executor(env: Env, tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in threads)
     assert errors == []  # neither phase timed out waiting: they overlapped
     assert sorted(p.name for p in rendezvous.iterdir()) == ["par-a", "par-b"]
-    assert packed(env) == ["par-a-1-r1.x86_64.tar.zst", "par-b-1-r1.x86_64.tar.zst"]
+    assert packed(env) == ["par-a-1-r1.x86_64.tar.zst", "par-a-1_1.x86_64-musl.xbps",
+                           "par-b-1-r1.x86_64.tar.zst", "par-b-1_1.x86_64-musl.xbps"]
     assert read_metadata(results["par-b"][0])["name"] == "par-b"
 
 

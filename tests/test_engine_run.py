@@ -97,7 +97,7 @@ def test_scheduler_builds_through_the_engine(tmp_path: Path) -> None:
     code, err = run(settings, ["top"], executor)
     assert code == 0, err
     out = settings.packages_dir()
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.glob("*.tar.zst")) == [
         "base-1.0-r1.x86_64.tar.zst", "base-dev-1.0-r1.x86_64.tar.zst",
         "top-2.0-r1.x86_64.tar.zst"]
     root = tmp_path / "root"

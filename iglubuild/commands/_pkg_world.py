@@ -114,6 +114,10 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     from iglubuild.session import Builder, run_build
     from iglubuild.target import load_target
 
+    if settings.signing_key is not None and not args.dry_run:
+        from iglubuild.xbps import public_key
+
+        public_key(settings.signing_key)  # a bad key fails now, not after the builds
     tree, graph = load(settings)
     selected = _unverified(tree, graph, names, args.keep_going)
     if selected is not None:
@@ -155,4 +159,7 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     packages = settings.packages_dir(target.arch)
     if not args.dry_run and packages.is_dir():
         write_index(packages)
+        from iglubuild.xbps import write_repository
+
+        write_repository(packages, target.arch, signing_key=settings.signing_key)
     return code

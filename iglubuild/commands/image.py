@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image size such as 2G (default: contents plus a margin)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help="where to write the image (default: <build-dir>/iglunix.img)")
+    parser.add_argument("--with-repo", action="store_true",
+                        help="also put the xbps repository on the image "
+                             "(/var/lib/iglunix/packages, named in /etc/xbps.d)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -31,7 +34,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     size = parse_size(args.size) if args.size else None
     result, closure = build_image(settings, packages=args.packages, kernel=args.kernel,
-                                  size=size, output=args.output)
+                                  size=size, output=args.output, with_repo=args.with_repo)
     names = " ".join(a.name for a in closure)
     print(f"installed {len(closure)} packages: {names}")
     print(f"wrote {result.path} ({result.layout.total // MIB} MiB; "

@@ -55,8 +55,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     names = args.names or None
     plan = make_plan(tree, graph, toolchain, state, names=names)
     shown = [graph.providers[n][0] for n in args.names] if args.names else plan.order
+    repo = _repository(settings)
     if args.json:
-        print(json.dumps(status_json(plan, shown), indent=2))
+        doc = status_json(plan, shown)
+        for item in doc:
+            entry = repo.get(str(item["name"]))
+            item["repository"] = entry.get("pkgver") if entry else None
+        print(json.dumps(doc, indent=2))
     else:
         for line in status_lines(plan, shown):
             print(line)
@@ -66,7 +71,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             counts[label] = counts.get(label, 0) + 1
         print(f"{len(shown)} package(s): "
               + ", ".join(f"{n} {label}" for label, n in counts.items()), file=sys.stderr)
+        if repo:
+            print(f"xbps repository: {len(repo)} package(s) in {settings.packages_dir()}",
+                  file=sys.stderr)
     return 0
+
+
+def _repository(settings: Settings) -> dict[str, dict[str, object]]:
+    """The xbps repository index of the packages folder ({} before the first build)."""
+    from iglubuild.xbps import XbpsError, read_repodata
+
+    try:
+        return read_repodata(settings.packages_dir())
+    except XbpsError:
+        return {}  # a broken index is rewritten by the next build; status stays read-only
 
 
 def status_lines(plan: Plan, names: list[str]) -> list[str]:
