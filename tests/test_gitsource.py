@@ -594,3 +594,69 @@ def test_checksum_reads_the_tag_from_a_bare_repository(tmp_path: Path, up: Upstr
     assert (commit, where) == (up.v1, f"{web.url}/git/proj.git")
     with pytest.raises(FetchError, match="tag v9 not found; looked in"):
         GitFetcher(settings, FAST).resolve_tag(src(UNREACHABLE, None, tag="v9"))
+
+
+# ---------------------------------------------------------------- end to end: a real build
+
+HELLO_C = r"""
+/* No C library in the sysroot of this test: talk to the kernel directly. */
+static long sys3(long n, long a, long b, long c) {
+    long ret;
+    __asm__ volatile ("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c)
+                      : "rcx", "r11", "memory");
+    return ret;
+}
+void _start(void) {
+    static const char msg[] = "hello from git\n";
+    sys3(1, 1, (long)msg, sizeof msg - 1);
+    sys3(60, 0, 0, 0);
+    for (;;) {}
+}
+"""
+
+
+def test_recipe_with_a_git_source_builds_a_binary(tmp_path: Path, web: Web) -> None:
+    """A C project in a git repository, served by dumb HTTP as upstream, built by
+    the host executor with the target's clang; the package holds the binary."""
+    from dataclasses import replace
+
+    from iglubuild.build import build_package
+    from iglubuild.executors.host import HostExecutor
+    from iglubuild.package import install_artifact, read_metadata
+    from iglubuild.target import load_target
+
+    up = make_upstream(tmp_path / "upstream", files={
+        "hello.c": HELLO_C,
+        "Makefile": "hello: hello.c\n\t$(CC) $(CFLAGS) -static -nostdlib -ffreestanding "
+                    "-fno-stack-protector -o hello hello.c\n"})
+    up.bare(web.root / "upstream" / "hello.git")
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "hello", f"""
+        name: hello
+        version: "1.0"
+        sources:
+          - git: {web.url}/upstream/hello.git
+            tag: v{{version}}
+            commit: {up.v1}
+        build: |
+          test "$(basename "$PWD")" = hello-1.0
+          make CC="$CC" CFLAGS="$CFLAGS"
+        package: |
+          install -D -m755 hello "$pkgdir/usr/bin/hello"
+        """)
+    settings = Settings(recipes=recipes, build_dir=tmp_path / "build",
+                        distfiles=tmp_path / "distfiles", jobs=1)
+    lr = load(recipes, "hello")
+    report = fetch_sources([("hello", lr.recipe.sources[0])], settings, FAST)
+    assert report.downloaded[0].url == f"{web.url}/upstream/hello.git"
+    executor = HostExecutor()
+    executor.check()
+    target = replace(load_target(), implicit_build_deps=())
+    [artifact] = build_package(lr, settings, executor, [], "sig", target=target,
+                               epoch=1_700_000_000)
+    files = {f["path"] for f in read_metadata(artifact)["files"]}
+    assert "usr/bin/hello" in files
+    root = tmp_path / "root"
+    install_artifact(artifact, root)
+    proc = subprocess.run([root / "usr/bin/hello"], capture_output=True, text=True, check=True)
+    assert proc.stdout == "hello from git\n"
