@@ -470,6 +470,11 @@ def test_tag_expands_version_and_schema_shows_git(cli, tmp_path: Path) -> None:
         """)
     [source] = load(recipes, "proj").recipe.sources
     assert source.tag == "v1.2" and source.archive_prefix == "proj-1.2"
+    # The parsed-recipe cache keeps the expanded tag and the archive prefix.
+    cache = tmp_path / "recipes.pickle"
+    for _ in range(2):
+        [cached] = load_tree(recipes, cache).recipes["proj"].recipe.sources
+        assert (cached.tag, cached.archive_prefix) == ("v1.2", "proj-1.2")
     assert source.display_name == "proj-bbbbbbbbbbbb.tar"
     result = cli("schema")
     schema = json.loads(result.out)["$defs"]["Source"]
