@@ -665,3 +665,27 @@ def test_recipe_with_a_git_source_builds_a_binary(tmp_path: Path, web: Web) -> N
     install_artifact(artifact, root)
     proc = subprocess.run([root / "usr/bin/hello"], capture_output=True, text=True, check=True)
     assert proc.stdout == "hello from git\n"
+
+
+def test_new_scaffolds_a_recipe_from_a_git_tag(cli, tmp_path: Path, web: Web) -> None:
+    up = make_upstream(tmp_path / "upstream", files={
+        "Makefile": "all:\n\ttrue\n", "proj.c": "int main(void) { return 0; }\n"})
+    up.bare(web.root / "git" / "proj.git")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    common = ("--recipes", str(recipes), "--mirror", web.url,
+              "--distfiles", str(tmp_path / "distfiles"))
+    result = cli(*common, "new", "proj", "--git", f"{web.url}/gone/proj.git", "--tag", "v1.0")
+    assert result.code == 0, result.err
+    assert "version 1.0 guessed from the tag v1.0" in result.out
+    assert f"tag v1.0 is commit {up.v1}" in result.out
+    [source] = load(recipes, "proj").recipe.sources  # it loads: lint-clean
+    assert (source.git, source.tag, source.commit) == (f"{web.url}/gone/proj.git", "v1.0", up.v1)
+    text = (recipes / "base" / "proj" / "recipe.yaml").read_text()
+    assert "tag: v{version}" in text and "make template" not in text
+    assert "make CC=" in text  # the Makefile template, from the tree of the commit
+    assert archive_path(tmp_path / "distfiles", up.v1).is_file()
+    result = cli(*common, "new", "other", "--git", f"{web.url}/gone/proj.git")
+    assert result.code == 2 and "--git needs --tag" in result.err
+    result = cli(*common, "new", "other", "--git", "file:///x/proj.git", "--tag", "v1")
+    assert result.code == 2 and "invalid git URL" in result.err
