@@ -689,3 +689,32 @@ def test_new_scaffolds_a_recipe_from_a_git_tag(cli, tmp_path: Path, web: Web) ->
     assert result.code == 2 and "--git needs --tag" in result.err
     result = cli(*common, "new", "other", "--git", "file:///x/proj.git", "--tag", "v1")
     assert result.code == 2 and "invalid git URL" in result.err
+
+
+# ---------------------------------------------------------------- retries, as for HTTP downloads
+
+
+def test_transient_errors_are_retried(tmp_path: Path, up: Upstream) -> None:
+    """A 500 from an HTTP mirror is retried, for a bundle (httpx) and for a bare
+    repository over dumb HTTP (git's own requests); a 404 is an answer."""
+    from tests.fault_server import Fault, FaultServer
+
+    bundle = up.bundle(tmp_path / "proj.bundle")
+    bare = up.bare(tmp_path / "proj.git")
+    with FaultServer() as srv:
+        srv.add("/a/git/proj.bundle", bundle, Fault("status", times=1, status=500))
+        for path in bare.rglob("*"):
+            if path.is_file():
+                srv.add(f"/b/git/proj.git/{path.relative_to(bare)}", path)
+        srv.faults["/b/git/proj.git/info/refs"] = Fault("status", times=1, status=503)
+        options = FetchOptions(retries=2, backoff=0.01, progress=False)
+        settings = settings_for(tmp_path, srv.url("/a"), cache="c1")
+        report = fetch_sources([("proj", src(UNREACHABLE, up.v1))], settings, options)
+        assert report.downloaded[0].url == srv.url("/a/git/proj.bundle")
+        assert [s for p, _, s in srv.requests if p == "/a/git/proj.bundle"] == [500, 200]
+        settings = settings_for(tmp_path, srv.url("/b"), cache="c2")
+        report = fetch_sources([("proj", src(UNREACHABLE, up.v1))], settings, options)
+        assert report.downloaded[0].url == srv.url("/b/git/proj.git")
+        refs = [s for p, _, s in srv.requests if p == "/b/git/proj.git/info/refs"]
+        assert refs[:2] == [503, 200]
+        assert [s for p, _, s in srv.requests if p == "/b/git/proj.bundle"] == [404]
