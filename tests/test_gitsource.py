@@ -718,3 +718,48 @@ def test_transient_errors_are_retried(tmp_path: Path, up: Upstream) -> None:
         refs = [s for p, _, s in srv.requests if p == "/b/git/proj.git/info/refs"]
         assert refs[:2] == [503, 200]
         assert [s for p, _, s in srv.requests if p == "/b/git/proj.bundle"] == [404]
+
+
+def test_users_git_configuration_and_environment_are_not_used(
+        tmp_path: Path, up: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile ~/.gitconfig, a global config and GIT_* variables change nothing."""
+    home = tmp_path / "home"
+    home.mkdir()
+    evil = "[url \"http://127.0.0.1:9/\"]\n\tinsteadOf = /\n[core]\n\tbare = false\n" \
+           "[fetch]\n\tfsckObjects = true\n[fsck]\n\tbadFilemode = error\n"
+    (home / ".gitconfig").write_text(evil)
+    (tmp_path / "global").write_text(evil)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "global"))
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'url.http://127.0.0.1:9/.insteadof'='/'")
+    mirror = tmp_path / "mirror"
+    up.bundle(mirror / "git" / "proj.bundle")
+    settings = settings_for(tmp_path, mirror)
+    report = fetch(settings, src(UNREACHABLE, up.v1))
+    assert report.downloaded[0].url == (mirror / "git" / "proj.bundle").as_uri()
+
+
+def test_two_fetches_of_one_commit_at_once(tmp_path: Path, up: Upstream) -> None:
+    """Two fetchers sharing a cache (two iglubuild runs): one writes, one waits and reuses."""
+    mirror = tmp_path / "mirror"
+    up.bundle(mirror / "git" / "proj.bundle")
+    settings = settings_for(tmp_path, mirror)
+    results: list[tuple[str, Path]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append(GitFetcher(settings, FAST).fetch(src(UNREACHABLE, up.v1)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(bool(where) for where, _ in results) == [False, True]
+    assert {path for _, path in results} == {archive_path(settings.distfiles_dir, up.v1)}
+    assert not list((settings.distfiles_dir / ".partial").iterdir())
