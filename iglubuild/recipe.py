@@ -170,6 +170,16 @@ class Source(BaseModel):
                              f"got {v!r}")
         return v
 
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        # What `git check-ref-format` refuses, so a tag is always one ref name.
+        if v is not None and (not v or v.startswith(("-", "/", ".")) or v.endswith(
+                (".", "/", ".lock")) or ".." in v or "//" in v or "@{" in v
+                or re.search(r"[\x00-\x20\x7f~^:?*\[\\]", v)):
+            raise ValueError(f"invalid tag {v!r}: not a git ref name")
+        return v
+
     @field_validator("filename", "file")
     @classmethod
     def _plain_name(cls, v: str | None) -> str | None:

@@ -447,6 +447,10 @@ def test_git_source_without_commit_is_refused_at_its_line(cli, tmp_path: Path) -
     ("- git: https://example.org/p.git\n    commit: " + "a" * 40 + "\n    tag: v{nope}",
      "cannot expand tag"),
     ("- git: https://example.org/p.git\n    comit: " + "a" * 40, "did you mean 'commit'"),
+    ("- git: https://example.org/p.git\n    commit: " + "a" * 40 + "\n    tag: '-v1 x'",
+     "invalid tag '-v1 x': not a git ref name"),
+    ("- git: https://example.org/p.git\n    commit: " + "a" * 40 + "\n    tag: v1..2",
+     "not a git ref name"),
 ])
 def test_bad_git_sources(cli, tmp_path: Path, source: str, message: str) -> None:
     recipes = tmp_path / "recipes"
