@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from iglubuild.build import build_package  # noqa: E402
+from iglubuild.build import BuildJob, build_package  # noqa: E402
 from iglubuild.executors.host import HostExecutor  # noqa: E402
 from iglubuild.recipe import load_tree  # noqa: E402
 from iglubuild.settings import Settings  # noqa: E402
@@ -49,7 +49,8 @@ def measure(name: str, runs: int, deps: list[Path]) -> list[float]:
         times = []
         for i in range(runs + 1):
             start = time.perf_counter()
-            build_package(lr, settings, executor, deps, f"sig{i}", epoch=1_700_000_000)
+            build_package(BuildJob(lr, settings, executor, deps, f"sig{i}",
+                                   epoch=1_700_000_000))
             if i:  # the first run warms caches (imports, page cache)
                 times.append(time.perf_counter() - start)
         return times

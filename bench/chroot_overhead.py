@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iglubuild import buildroot  # noqa: E402
-from iglubuild.chroot import ChrootExecutor  # noqa: E402
+from iglubuild import toolchain_root  # noqa: E402
 from iglubuild.executor import PhaseJob  # noqa: E402
+from iglubuild.executors.chroot import ChrootExecutor  # noqa: E402
 from iglubuild.run import base_env  # noqa: E402
 
 TARGET_OVERHEAD_S = 0.5
@@ -36,14 +36,14 @@ def build_from_nothing(base: Path) -> tuple[Path, str]:
     build_dir = base / "build"
     start = time.monotonic()
     with open(base / "toolchain.log", "wb") as log:
-        root, made = buildroot.create(build_dir, buildroot.load_manifest(MANIFEST), log)
+        root, made = toolchain_root.create(build_dir, toolchain_root.load_manifest(MANIFEST), log)
     elapsed = time.monotonic() - start
     assert made
-    size = buildroot.size_bytes(root.path) / (1 << 20)
+    size = toolchain_root.size_bytes(root.path) / (1 << 20)
     print(f"toolchain build from nothing: {elapsed:.1f} s; root {size:.0f} MiB, "
           f"{len(root.packages)} packages, id {root.id}")
     start = time.monotonic()
-    buildroot.create(build_dir, buildroot.load_manifest(MANIFEST))
+    toolchain_root.create(build_dir, toolchain_root.load_manifest(MANIFEST))
     print(f"toolchain build again (no-op): {time.monotonic() - start:.3f} s")
     return root.path, root.id
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from farm_support import buildroot_tarball, start_dockerd  # noqa: E402
 
-from iglubuild.chroot import ChrootExecutor  # noqa: E402
 from iglubuild.executor import PhaseJob  # noqa: E402
+from iglubuild.executors.chroot import ChrootExecutor  # noqa: E402
 from iglubuild.executors.docker import DockerExecutor  # noqa: E402
 from iglubuild.executors.host import HostExecutor  # noqa: E402
 from iglubuild.run import base_env  # noqa: E402

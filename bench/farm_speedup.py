@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from farm_support import buildroot_tarball, start_dockerd, write_program  # noqa: E402
 
-from iglubuild import farm  # noqa: E402
+from iglubuild import distcc, farm  # noqa: E402
 from iglubuild.settings import Settings  # noqa: E402
 from iglubuild.toolchain_image import create_image  # noqa: E402
 
@@ -148,8 +148,8 @@ def main() -> int:
             print("the volunteer was not usable", file=sys.stderr)
             return 1
         volunteer_cpus = dedicate(volunteer_pids(hosts.volunteers[0].port))
-        env = farm.build_env(hosts, local_slots=1)
-        before = sum(int(farm.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
+        env = distcc.build_env(hosts, local_slots=1)
+        before = sum(int(distcc.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
                      for v in hosts.volunteers)
         # Interleave the two setups so a burst of load elsewhere on the machine
         # hits both alike; the best run of each is kept.
@@ -158,7 +158,7 @@ def main() -> int:
             local_runs.append(timed_make(src, tmp / "local", {}, 1))
             farm_runs.append(timed_make(src, tmp / "farm", env, int(env["JOBS"])))
         local, with_farm = min(local_runs), min(farm_runs)
-        after = sum(int(farm.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
+        after = sum(int(distcc.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
                     for v in hosts.volunteers)
 
         # Overhead per compile: the same file compiled on the volunteer alone

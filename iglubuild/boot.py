@@ -39,7 +39,7 @@ from typing import IO
 
 from iglubuild.errors import BuildError, UsageError
 from iglubuild.image import ENTRY_PATH, ESP_TYPE, KERNEL_NAME, ROOT_TYPE, SECTOR
-from iglubuild.run import base_env, require_tool, run
+from iglubuild.run import base_env, require_tool, run, spawn
 
 # Must match recipes/base/iglunix-base/init.c (a test checks they agree).
 BOOT_MARKER = "IGLUNIX BOOT OK"
@@ -246,19 +246,12 @@ def _connect(path: Path, proc: subprocess.Popen[bytes], deadline: float) -> sock
                      hint="run with --debug to see the QEMU command line")
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Wait up to `grace` s for QEMU to exit by itself, then kill it by PID."""
+def _await_exit(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Give QEMU up to `grace` s to power off by itself; `run.spawn` stops it otherwise."""
     try:
         proc.wait(timeout=grace)
-        return
     except subprocess.TimeoutExpired:
         pass
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def command_param(command: str) -> str:
@@ -316,13 +309,9 @@ def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 1
         sock_path = work / "serial.sock"
         argv = qemu_argv(image, firmware, accel, sock_path, work, kernel, cmdline, memory_mb)
         with open(log_path, "wb") as log, open(work / "qemu.err", "wb") as qerr:
-            # run() waits for its program; QEMU has to run beside us, so it is
-            # started here with the same rules: clean env, stdin from /dev/null.
             start = time.monotonic()
-            proc = subprocess.Popen(argv, env=base_env(), stdin=subprocess.DEVNULL,
-                                    stdout=qerr, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
+            with spawn(argv, env=base_env(), stdout=qerr, stderr=subprocess.STDOUT,
+                       grace=5.0) as proc:
                 sock = _connect(sock_path, proc, start + 30)
                 with sock:
                     try:
@@ -333,11 +322,7 @@ def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 1
                             err = (work / "qemu.err").read_text(errors="replace").strip()
                             raise BuildError(f"QEMU failed: {err[-500:]}") from exc
                         raise
-                _stop(proc, grace=max(5.0, timeout - (time.monotonic() - start)))
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                _await_exit(proc, grace=max(5.0, timeout - (time.monotonic() - start)))
     return result
 
 

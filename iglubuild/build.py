@@ -24,25 +24,27 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Protocol
 
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
 from iglubuild.executor import PHASES, Executor, PhaseJob
-from iglubuild.farm import CompileTally, tally_compiles
 from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
 from iglubuild.recipe import LoadedRecipe, RecipeTree
 from iglubuild.run import DEFAULT_PATH, base_env, describe_returncode
 from iglubuild.settings import Settings
-from iglubuild.sysroot import SysrootCache, check_untouched
+from iglubuild.sysroot import Sysroot, SysrootCache, check_untouched
 from iglubuild.target import Target, host_triple, load_target, sysroot_env, write_wrappers
+
+if TYPE_CHECKING:
+    from iglubuild.jobserver import Jobserver
+    from iglubuild.plan import Plan
 
 SCRIPT_PHASES = PHASES[1:]
 TAIL_LINES = 30
@@ -103,19 +105,17 @@ class PhaseFailed(BuildError):
             f"{package}: {phase} failed ({reason})",
             hint=f"the work folder is kept; after a fix, resume with --from {phase}"
             if phase in PHASES else f"see {paths.log}",
+            log=paths.log, work_dir=paths.work, tail=tail,
         )
         self.package = package
         self.phase = phase
-        self.log_path = paths.log
-        self.work_dir = paths.work
-        self.tail = tail
 
     def lines(self) -> list[str]:
         return [
             self.message,
-            f"last {len(self.tail)} lines of {self.log_path}:",
+            f"last {len(self.tail)} lines of {self.log}:",
             *(f"  | {line}" for line in self.tail),
-            f"log: {self.log_path}",
+            f"log: {self.log}",
             f"work folder: {self.work_dir}",
         ]
 
@@ -136,108 +136,191 @@ def sysroot_packages(lr: LoadedRecipe, target: Target) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def build_package(
-    lr: LoadedRecipe,
-    settings: Settings,
-    executor: Executor,
-    dep_artifacts: Sequence[Path],
-    signature: str,
-    *,
-    target: Target | None = None,
-    from_phase: str | None = None,
-    keep_work: bool = False,
-    jobs: int | None = None,
-    epoch: int | None = None,
-    prepare_source: PrepareSource | None = None,
-    launcher: Sequence[str] = (),
-    extra_env: Mapping[str, str] | None = None,
-    on_phase: Callable[[str, str], None] | None = None,
-    sysroots: SysrootCache | None = None,
-    on_compiles: Callable[[str, CompileTally], None] | None = None,
-) -> list[Path]:
-    """Build `lr` and return its artifacts (main package first, then sub-packages).
+@dataclass(frozen=True)
+class Built:
+    """What a post-build step sees once the phases are over.
 
-    `dep_artifacts` are the artifacts of `sysroot_packages(lr, target)`, found
-    by the scheduler; an artifact of any other package is refused.
+    `sysroot` and `sysroots` are the sysroot the phases used and the cache it
+    came from; `env` is the phase environment; `note(text)` writes a line into
+    the package log; `phases_ok` is False when a step runs after a failed phase.
+    """
+
+    package: str
+    paths: WorkPaths
+    env: Mapping[str, str]
+    sysroot: Sysroot
+    sysroots: SysrootCache
+    note: Callable[[str], None]
+    phases_ok: bool = True
+
+
+class PostBuildStep(Protocol):
+    """One check or record after the phases; raises an IglubuildError to fail the build.
+
+    `name` is the step a failure is reported in. Steps with `always` are
+    records (the farm's compile tally): they run first, also after a failed
+    phase; the others are checks and run, in order, only after good phases.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def always(self) -> bool: ...
+
+    def __call__(self, built: Built) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    run: Callable[[Built], None]
+    always: bool = False
+
+    def __call__(self, built: Built) -> None:
+        self.run(built)
+
+
+def _sysroot_untouched(built: Built) -> None:
+    """The shared sysroot must leave the build as it came (phases see it read-only)."""
+    check_untouched(built.sysroot, built.sysroots, built.package)
+
+
+def _no_glibc(built: Built) -> None:
+    """Nothing in $pkgdir may be linked against the host's glibc."""
+    bad = find_glibc_linked(built.paths.pkgdir)
+    if bad:
+        for rel, reason in bad:
+            built.note(f"linked against glibc: {rel} ({reason})")
+        built.paths.stamp("package").unlink(missing_ok=True)
+        raise PhaseFailed(built.package, "package", f"{len(bad)} file(s) linked against glibc, "
+                          f"first {bad[0][0]}: {bad[0][1]}", built.paths,
+                          tail_of(built.paths.log))
+
+
+# Run in this order after every build; callers add their own after these
+# (the farm's compile tally: iglubuild.distcc.CompileRecorder).
+POST_BUILD_STEPS: tuple[PostBuildStep, ...] = (
+    _Step("sysroot check", _sysroot_untouched),
+    _Step("glibc check", _no_glibc),
+)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One package build: the recipe and everything the build of it depends on.
+
+    `dep_artifacts` are the artifacts of `sysroot_packages(recipe, target)`,
+    found by the scheduler; an artifact of any other package is refused.
     `signature` is the input signature recorded in the metadata and in the
     work folder (a work folder from other inputs is discarded). `from_phase`
     resumes a kept work folder at that phase; `jobs` is the make -j of this
-    package; `epoch` is SOURCE_DATE_EPOCH. `launcher` goes in front of
-    every compile (the distcc farm: `["distcc"]`, ignored for recipes with
-    the `no-distcc` option) and `extra_env` adds variables to the phase
-    environment (e.g. DISTCC_HOSTS, the jobserver's MAKEFLAGS); both come
-    from the caller, never from iglubuild's own environment. `on_phase(name,
-    phase)` is called as each step starts (progress display). `sysroots`
-    is where sysroots are shared (default `<build-dir>/sysroots`).
-
-    When `extra_env` sends compiles to the farm (DISTCC_HOSTS), distcc logs
-    to the work folder and, after the phases (also when one fails), the count
-    of remote and local compiles goes into the package log and to
-    `on_compiles(name, tally)`.
+    package (default: the machine's CPUs); `epoch` is SOURCE_DATE_EPOCH.
+    `launcher` goes in front of every compile (the distcc farm: `["distcc"]`,
+    ignored for recipes with the `no-distcc` option) and `extra_env` adds
+    variables to the phase environment (e.g. DISTCC_HOSTS, the jobserver's
+    MAKEFLAGS); both come from the caller, never from iglubuild's own
+    environment. `on_phase(name, phase)` is called as each step starts
+    (progress display). `sysroots` is where sysroots are shared (default
+    `<build-dir>/sysroots`). `steps` run after the phases, in order.
     """
-    target = target or load_target()
+
+    recipe: LoadedRecipe
+    settings: Settings
+    executor: Executor
+    dep_artifacts: Sequence[Path]
+    signature: str
+    target: Target | None = None
+    from_phase: str | None = None
+    keep_work: bool = False
+    jobs: int | None = None
+    epoch: int | None = None
+    prepare_source: PrepareSource | None = None
+    launcher: Sequence[str] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    on_phase: Callable[[str, str], None] | None = None
+    sysroots: SysrootCache | None = None
+    steps: Sequence[PostBuildStep] = POST_BUILD_STEPS
+
+
+def build_package(job: BuildJob) -> list[Path]:
+    """Build one package and return its artifacts (main package first, then sub-packages).
+
+    When DISTCC_HOSTS sends compiles to the farm, distcc logs to the work
+    folder (DISTCC_LOG), where a post-build step can count them.
+    """
+    lr = job.recipe
+    settings = job.settings
+    executor = job.executor
+    target = job.target or load_target()
     recipe = lr.recipe
     paths = work_paths(settings, recipe.name)
-    epoch = resolve_epoch(epoch)
-    jobs = jobs or os.cpu_count() or 1
+    epoch = resolve_epoch(job.epoch)
+    jobs = job.jobs or os.cpu_count() or 1
     if "no-parallel" in recipe.options:
         jobs = 1
-    extra_env = dict(extra_env or {})
+    launcher = job.launcher
+    extra_env = dict(job.extra_env)
     if "no-distcc" in recipe.options:
         launcher = ()
         # Nor the farm's variables: they would give the phases network access.
         extra_env = {k: v for k, v in extra_env.items() if not k.startswith("DISTCC_")}
+    from_phase = job.from_phase
     if from_phase is not None and from_phase not in PHASES:
         raise UsageError(f"unknown phase {from_phase!r}", hint="phases: " + ", ".join(PHASES))
 
     paths.log.parent.mkdir(parents=True, exist_ok=True)
     with paths.log.open("ab") as log:
         _note(log, f"{recipe.name} {recipe.version}-r{recipe.release}: build starts "
-                   f"(signature {signature[:16] or '-'}, executor {executor.name})")
+                   f"(signature {job.signature[:16] or '-'}, executor {executor.name})")
         current = "setup"
 
         def step(name: str) -> str:
-            if on_phase is not None:
-                on_phase(recipe.name, name)
+            if job.on_phase is not None:
+                job.on_phase(recipe.name, name)
             return name
 
         try:
-            _prepare_work(paths, signature, from_phase)
+            _prepare_work(paths, job.signature, from_phase)
             current = step("sysroot")
-            _check_declared(lr, target, dep_artifacts)
-            cache = sysroots or SysrootCache(settings.build_dir / "sysroots")
-            with cache.use(dep_artifacts, lambda text: _note(log, text)) as sysroot:
+            _check_declared(lr, target, job.dep_artifacts)
+            cache = job.sysroots or SysrootCache(settings.build_dir / "sysroots")
+            with cache.use(job.dep_artifacts, lambda text: _note(log, text)) as sysroot:
                 env = phase_env(lr, target, paths, sysroot.path, jobs, epoch, launcher)
                 env.update(extra_env)
-                farmed = "DISTCC_HOSTS" in env
-                if farmed:
+                if "DISTCC_HOSTS" in env:
                     # distcc's client log says where each compile ran; in the
                     # work folder, which every executor lets the phases write.
                     env["DISTCC_LOG"] = str(paths.compile_log)
                 if "no-parallel" in recipe.options:
                     env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
+                built = Built(recipe.name, paths, env, sysroot, cache,
+                              lambda text: _note(log, text), phases_ok=False)
                 current = step("unpack")
                 srcdir = _unpack(lr, settings, paths,
-                                 prepare_source or default_prepare_source(), log)
+                                 job.prepare_source or default_prepare_source(), log)
                 env["srcdir"] = str(srcdir)
                 try:
                     for phase in SCRIPT_PHASES:
                         # Progress hears only of phases that have something to run.
                         current = step(phase) if recipe.phases[phase] else phase
                         _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                    built = replace(built, phases_ok=True)
                 finally:
-                    if farmed:  # a failed build's log needs distcc's warnings most
-                        _report_compiles(recipe.name, paths, log, on_compiles)
-                current = "sysroot check"
-                check_untouched(sysroot, cache, recipe.name)
-            current = "glibc check"
-            _check_no_glibc(recipe.name, paths, log)
+                    # Records come first and also after a failed phase.
+                    for after in job.steps:
+                        if after.always:
+                            after(built)
+                for after in job.steps:
+                    if not after.always:
+                        current = after.name
+                        after(built)
             current = step("pack")
             info = PackageInfo(
                 name=recipe.name, version=recipe.version, release=recipe.release,
                 arch=target.arch, description=recipe.description, license=recipe.license,
                 homepage=recipe.homepage, deps=tuple(recipe.deps), backup=tuple(recipe.backup),
-                base=recipe.name, signature=signature,
+                base=recipe.name, signature=job.signature,
             )
             artifacts = pack_all(paths.pkgdir, info, recipe.subpackages,
                                  settings.packages_dir(target.arch), epoch)
@@ -252,7 +335,7 @@ def build_package(
         for artifact in artifacts:
             _note(log, f"wrote {artifact}")
         _note(log, "build done")
-    if not keep_work:
+    if not job.keep_work:
         shutil.rmtree(paths.work, ignore_errors=True)
     return artifacts
 
@@ -261,24 +344,24 @@ class Engine:
     """The build stage as the scheduler sees it: `build_one(name) -> artifacts`.
 
     Binds what is the same for every package of a run (settings, executor,
-    recipe tree, plan signatures, the shared jobserver) and finds each
-    package's dependency artifacts in the state records, which the scheduler
-    writes the moment a dependency finishes. For iglubuild.buildrun:
+    recipe tree, plan signatures, the shared jobserver, the post-build steps)
+    and finds each package's dependency artifacts in the state records, which
+    the scheduler writes the moment a dependency finishes. For
+    iglubuild.session:
 
         def make_builder(ctx: BuildContext) -> Builder:
             engine = Engine(settings, executor, tree, ctx.plan,
                             jobserver=ctx.jobserver, on_phase=ctx.on_phase)
-            return Builder(engine.build_one, [executor.terminate],
-                           summary=engine.summary_lines)
-
-    With the farm, `summary_lines()` adds where the run's compiles went.
+            return Builder(engine.build_one, [executor.terminate])
     """
 
-    def __init__(self, settings: Settings, executor: Executor, tree: RecipeTree, plan: Any,
-                 *, jobserver: Any = None, on_phase: Callable[[str, str], None] | None = None,
+    def __init__(self, settings: Settings, executor: Executor, tree: RecipeTree, plan: Plan,
+                 *, jobserver: Jobserver | None = None,
+                 on_phase: Callable[[str, str], None] | None = None,
                  target: Target | None = None, keep_work: bool = False,
                  from_phase: str | None = None, launcher: Sequence[str] = (),
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None,
+                 steps: Sequence[PostBuildStep] = ()) -> None:
         self.settings = settings
         self.executor = executor
         self.tree = tree
@@ -291,13 +374,11 @@ class Engine:
         self.from_phase = from_phase
         self.launcher = tuple(launcher)
         self.extra_env = dict(extra_env or {})
-        self._compiles: dict[str, CompileTally] = {}
-        self._compiles_lock = threading.Lock()
+        self.steps = (*POST_BUILD_STEPS, *steps)
         if jobserver is not None:
             # make in every phase joins the run's one jobserver (see iglubuild.jobserver).
             self.extra_env.update(jobserver.env())
-            if hasattr(executor, "pass_fds"):
-                executor.pass_fds = tuple(jobserver.pass_fds)
+            executor.pass_fds = tuple(jobserver.pass_fds)
 
     def dep_artifacts(self, lr: LoadedRecipe) -> list[Path]:
         """The artifacts of this recipe's sysroot, from the state records.
@@ -325,31 +406,13 @@ class Engine:
 
     def build_one(self, name: str) -> list[Path]:
         lr = self.tree.recipes[name]
-        return build_package(
+        return build_package(BuildJob(
             lr, self.settings, self.executor, self.dep_artifacts(lr),
             self.plan.packages[name].signature, target=self.target,
             from_phase=self.from_phase, keep_work=self.keep_work,
             jobs=self.settings.jobs, launcher=self.launcher, extra_env=self.extra_env,
-            on_phase=self.on_phase, on_compiles=self._record_compiles,
-        )
-
-    def _record_compiles(self, name: str, tally: CompileTally) -> None:
-        with self._compiles_lock:  # builds finish in the scheduler's worker threads
-            self._compiles[name] = tally
-
-    def compiles(self) -> CompileTally | None:
-        """Where this run's compiles ran (all packages built through the farm),
-        or None if no package was built through it."""
-        with self._compiles_lock:
-            tallies = list(self._compiles.values())
-        if not tallies:
-            return None
-        return sum(tallies, CompileTally())
-
-    def summary_lines(self) -> list[str]:
-        """Lines for the end-of-run summary: the farm's share of the compiles."""
-        total = self.compiles()
-        return [] if total is None else [total.describe()]
+            on_phase=self.on_phase, steps=self.steps,
+        ))
 
 
 def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, sysroot: Path, jobs: int,
@@ -511,33 +574,10 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
     paths.stamp(phase).touch()
 
 
-def _report_compiles(name: str, paths: WorkPaths, log: IO[bytes],
-                     on_compiles: Callable[[str, CompileTally], None] | None) -> None:
-    """Note where this package's compiles ran (and distcc's own warnings,
-    which DISTCC_LOG takes away from the phase output) in the package log."""
-    tally = tally_compiles(paths.compile_log)
-    for warning in tally.warnings:
-        _note(log, f"distcc: {warning}")
-    hosts = ", ".join(f"{host} {n}" for host, n in sorted(tally.hosts.items()))
-    _note(log, tally.describe() + (f" ({hosts})" if hosts else ""))
-    if on_compiles is not None:
-        on_compiles(name, tally)
-
-
 def _distcc_dir(env: Mapping[str, str]) -> tuple[Path, ...]:
     """DISTCC_DIR when the phase sends compiles to the farm and it is an existing folder."""
     folder = env.get("DISTCC_DIR")
     return (Path(folder),) if folder and Path(folder).is_dir() else ()
-
-
-def _check_no_glibc(name: str, paths: WorkPaths, log: IO[bytes]) -> None:
-    bad = find_glibc_linked(paths.pkgdir)
-    if bad:
-        for rel, reason in bad:
-            _note(log, f"linked against glibc: {rel} ({reason})")
-        paths.stamp("package").unlink(missing_ok=True)
-        raise PhaseFailed(name, "package", f"{len(bad)} file(s) linked against glibc, "
-                          f"first {bad[0][0]}: {bad[0][1]}", paths, tail_of(paths.log))
 
 
 def _failure(name: str, phase: str, reason: str, paths: WorkPaths) -> PhaseFailed:

@@ -45,7 +45,7 @@ class IglubuildError_Usage(IglubuildError):  # noqa: N801 - internal, reported l
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: global options on the top parser and on every verb."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     add_arguments(common)
     parser = _Parser(
         prog="iglubuild",

@@ -7,9 +7,11 @@ the error's exit code, so every stage can be tested without catching SystemExit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-# Exit codes from DESIGN.md.
+# Exit codes, as the README documents them.
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
@@ -80,9 +82,20 @@ class FetchError(IglubuildError):
 
 
 class BuildError(IglubuildError):
-    """A package failed to build; names its log and work folder."""
+    """A package failed to build; names its log and work folder when there are ones.
+
+    `tail` is the end of the log, shown in the run's summary so that the
+    reason is on screen without opening the file.
+    """
 
     exit_code = EXIT_BUILD_FAILED
+
+    def __init__(self, message: str, hint: str | None = None, *, log: Path | None = None,
+                 work_dir: Path | None = None, tail: Sequence[str] = ()) -> None:
+        super().__init__(message, hint)
+        self.log = log
+        self.work_dir = work_dir
+        self.tail = list(tail)
 
 
 class LockError(IglubuildError):

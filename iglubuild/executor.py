@@ -13,6 +13,7 @@ work folder, sysroot and pkgdir at their host paths, so the phase environment
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -21,15 +22,37 @@ from typing import IO, Protocol
 PHASES = ("unpack", "prepare", "build", "check", "package")
 
 
+class ExecutorName(StrEnum):
+    """The executors `--executor` offers (iglubuild.executors.make_executor)."""
+
+    HOST = "host"
+    CHROOT = "chroot"
+    DOCKER = "docker"
+
+
+class MountKind(StrEnum):
+    """What a sandbox mount is; iglubuild/executors/_nsinit.py performs each."""
+
+    BIND = "bind"
+    TMPFS = "tmpfs"
+    PROC = "proc"
+    DEV = "dev"
+    OVERLAY = "overlay"
+
+
 @dataclass(frozen=True)
 class Mount:
     """One mount operation of a sandbox, as data."""
 
-    kind: str  # "bind", "tmpfs", "proc", "dev", "overlay"
+    kind: MountKind
     target: Path
     source: Path | None = None
     readonly: bool = False
     options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Written as Mount("bind", ...) too; an unknown kind fails here, not in PID 1.
+        object.__setattr__(self, "kind", MountKind(self.kind))
 
     def describe(self) -> str:
         ro = " (ro)" if self.readonly else ""
@@ -62,6 +85,8 @@ class Executor(Protocol):
     """Runs phases. Implementations: host (default), chroot, docker."""
 
     name: str
+    # Descriptors every phase inherits (the run's make jobserver), set by the engine.
+    pass_fds: tuple[int, ...]
 
     def check(self) -> None:
         """Raise a one-line IglubuildError if this executor cannot run here (root, tools)."""

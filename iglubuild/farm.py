@@ -1,47 +1,47 @@
 """The distcc compile farm: a Docker swarm service of distccd volunteers.
 
-`farm_up` joins or initialises a swarm and runs the service `iglubuild-distcc`
-from the toolchain image; `farm_status` lists the volunteers; `farm_down`
-removes the service (and leaves the swarm only if iglubuild created it);
-`discover` turns the live farm into DISTCC_HOSTS for a build, and
-`build_env` into the variables a build phase needs; `tally_compiles` reads
-back from distcc's own log how many of a build's compiles went to the farm.
-
-Everything goes through the Docker Engine API (the docker Python SDK); the
-docker CLI is never run.
+This module is the swarm's lifecycle. `farm_up` joins or initialises a swarm
+and runs the service `iglubuild-distcc` from the toolchain image;
+`farm_status` lists the volunteers; `farm_down` removes the service (and
+leaves the swarm only if iglubuild created it); `discover` turns the live
+farm into the usable volunteers of a build (`distcc.FarmHosts`). What a build
+does with them (the phase environment, the compile tally) is in
+iglubuild.distcc; the engine client in iglubuild.docker_engine.
 
 Volunteers use host networking. Each listens on its own port, derived from
 its task slot (slot 1 on BASE, slot 2 on BASE+2, ...; the distccd stats
 page one port above), so several volunteers fit on one machine and are
 reached at their node's address across machines.
 
-A volunteer's compiler identity is measured, not declared: a fixed probe
-file is compiled through that volunteer's distccd and the object file's
-sha256 is compared with the local compiler's. Two compilers that produce the
-same object for the probe are interchangeable for distcc's purposes (it only
-ever sends them preprocessed code to compile); a different clang, a wrapper
-adding flags or another target default all change the hash.
+A volunteer whose compiler identity (iglubuild.distcc) differs from the
+local compiler's is left out of a build.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import logging
 import os
-import re
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iglubuild.errors import IglubuildError, UsageError
-from iglubuild.run import CommandError, base_env, require_tool, run
+from iglubuild.atomic import write_atomic
+from iglubuild.distcc import (
+    FarmHosts,
+    Volunteer,
+    local_identity,
+    read_stats,
+    volunteer_identity,
+)
+from iglubuild.docker_engine import LABEL_TOOLCHAIN, EngineError, docker_client
+from iglubuild.errors import UsageError
+from iglubuild.run import CommandError
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,36 +50,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("iglubuild.farm")
 
 SERVICE_NAME = "iglubuild-distcc"
-IMAGE_REPOSITORY = "iglubuild-toolchain"
 LABEL_FARM = "org.iglunix.farm"
 LABEL_BASE_PORT = "org.iglunix.farm.base-port"
 LABEL_SLOTS = "org.iglunix.farm.slots"
-LABEL_TOOLCHAIN = "org.iglunix.toolchain-id"
 DEFAULT_BASE_PORT = 3632
 DEFAULT_SWARM_PORT = 2377
 STATE_FILE = "farm-state.json"
-
-# The flags every build uses for the musl target; the probe is compiled with
-# them so that the identity covers the code generation builds will get.
-PROBE_FLAGS = ("-target", "x86_64-linux-musl", "-O2")  # distcc keeps an explicit -target
-PROBE_SOURCE = """\
-/* iglubuild compiler identity probe: exercises the optimiser and codegen. */
-struct node { struct node *next; unsigned long key; double weight; };
-static unsigned long mix(unsigned long h, unsigned long v) {
-    h ^= v + 0x9e3779b97f4a7c15UL + (h << 6) + (h >> 2);
-    return h * 0xff51afd7ed558ccdUL;
-}
-unsigned long iglubuild_probe(const struct node *n, int rounds) {
-    unsigned long h = 0;
-    double w = 0.0;
-    for (int r = 0; r < rounds; r++)
-        for (const struct node *p = n; p; p = p->next) {
-            h = mix(h, p->key + (unsigned long)r);
-            w += p->weight * (double)r;
-        }
-    return h ^ (unsigned long)w;
-}
-"""
 
 # The volunteer's start script, run by `sh` in the toolchain image. The port
 # comes from the task slot (a service template), so replicas on one machine
@@ -96,78 +72,21 @@ exec "$@"
 """
 
 
-class FarmError(IglubuildError):
+class FarmError(EngineError):
     """The farm could not be set up, queried or taken down."""
-
-
-@dataclass
-class Volunteer:
-    """One running distccd of the farm, as seen from the swarm API."""
-
-    task_id: str
-    slot: int
-    node: str
-    address: str
-    port: int
-    state: str
-    container_id: str = ""
-    slots: int = 1
-    identity: str | None = None
-    compiler: str | None = None
-    jobs_served: int | None = None
-    problem: str | None = None
-
-    @property
-    def stats_port(self) -> int:
-        return self.port + 1
-
-    @property
-    def host_spec(self) -> str:
-        """This volunteer as a DISTCC_HOSTS entry."""
-        return f"{self.address}:{self.port}/{self.slots}"
-
-
-@dataclass
-class FarmHosts:
-    """The usable part of a live farm, ready for a build."""
-
-    volunteers: list[Volunteer]
-    jobs: int
-    local_identity: str
-    excluded: list[Volunteer] = field(default_factory=list)
-
-    @property
-    def distcc_hosts(self) -> str:
-        return " ".join(v.host_spec for v in self.volunteers)
 
 
 # --------------------------------------------------------------------------- docker
 
 
-def docker_client() -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (or the default socket)."""
-    import docker
-    import docker.errors
-
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise FarmError(
-            f"cannot reach the Docker engine at {where}",
-            hint="start dockerd (or set DOCKER_HOST to a running engine)",
-        ) from exc
-    return client
-
-
 def _swarm_state(client: docker.DockerClient) -> dict[str, Any]:
-    return client.info().get("Swarm", {})
+    swarm: dict[str, Any] = client.info().get("Swarm", {})
+    return swarm
 
 
 def _node_address(node_attrs: Mapping[str, Any]) -> str:
     """The address a node's host-networked volunteers are reached at."""
-    addr = node_attrs.get("Status", {}).get("Addr", "")
+    addr = str(node_attrs.get("Status", {}).get("Addr", ""))
     if not addr or addr == "0.0.0.0":
         # Managers sometimes report 0.0.0.0; their advertised address is exact.
         manager = node_attrs.get("ManagerStatus", {}).get("Addr", "")
@@ -196,20 +115,19 @@ def state_path(settings: Settings) -> Path:
 def _read_state(settings: Settings) -> dict[str, Any]:
     path = state_path(settings)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise FarmError(f"{path}: unreadable farm state ({exc})",
                         hint="remove the file if no farm is running") from exc
+    return state
 
 
 def _write_state(settings: Settings, state: Mapping[str, Any]) -> None:
     path = state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- up
@@ -256,7 +174,7 @@ def default_toolchain_image(client: docker.DockerClient) -> str:
                         hint="run `iglubuild toolchain image` (or --load FILE) first")
     images.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
     tags = images[0].tags
-    return tags[0] if tags else images[0].id
+    return str(tags[0] if tags else images[0].id)
 
 
 def ensure_swarm(client: docker.DockerClient, settings: Settings, cfg: FarmConfig) -> bool:
@@ -401,7 +319,7 @@ def farm_up(settings: Settings, cfg: FarmConfig) -> list[Volunteer]:
 def _same_volunteers(current: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     """Does the running service already start volunteers exactly as `spec` would?"""
     cs = current.get("TaskTemplate", {}).get("ContainerSpec", {})
-    return (cs.get("Image", "").split("@")[0] == spec["image"]
+    return bool(cs.get("Image", "").split("@")[0] == spec["image"]
             and cs.get("Command") == spec["command"]
             and cs.get("Env") == spec["env"]
             and (current.get("Labels") or {}) == spec["labels"])
@@ -460,67 +378,6 @@ def list_volunteers(client: docker.DockerClient) -> list[Volunteer]:
             slots=slots,
         ))
     return sorted(out, key=lambda v: v.slot)
-
-
-def read_stats(address: str, stats_port: int, timeout: float = 2.0) -> dict[str, str]:
-    """distccd's --stats page as a dict (dcc_compile_ok, dcc_tcp_accept, ...)."""
-    data = b""
-    with socket.create_connection((address, stats_port), timeout=timeout) as sock:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    stats = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        key, _, value = line.partition(" ")
-        if key.startswith("dcc_"):
-            stats[key] = value.strip()
-    return stats
-
-
-def _compiler_name(obj: bytes) -> str | None:
-    """The compiler that produced an object, from its .comment section text."""
-    match = re.search(rb"[\x20-\x7e]*clang version [\x20-\x7e]*", obj)
-    return match.group(0).decode().strip() if match else None
-
-
-def _compile_probe(cc: Sequence[str], env: Mapping[str, str], workdir: Path) -> bytes:
-    src = workdir / "iglubuild_probe.c"
-    out = workdir / "iglubuild_probe.o"
-    src.write_text(PROBE_SOURCE, encoding="utf-8")
-    out.unlink(missing_ok=True)
-    run([*cc, *PROBE_FLAGS, "-c", src.name, "-o", out.name], env=env, cwd=workdir,
-        capture=True, timeout=60)
-    return out.read_bytes()
-
-
-def local_identity(compiler: str = "clang") -> tuple[str, str | None]:
-    """(identity, compiler name) of the local compiler: the probe object's sha256."""
-    require_tool(compiler.split()[0], "clang")
-    with tempfile.TemporaryDirectory(prefix="iglubuild-probe-") as tmp:
-        obj = _compile_probe(compiler.split(), base_env(), Path(tmp))
-    return hashlib.sha256(obj).hexdigest()[:16], _compiler_name(obj)
-
-
-def volunteer_identity(address: str, port: int,
-                       compiler: str = "clang") -> tuple[str, str | None]:
-    """(identity, compiler name) measured by compiling the probe on one volunteer.
-
-    Local fallback is switched off, so the object really comes from that
-    volunteer; a failure raises CommandError.
-    """
-    require_tool("distcc")
-    with tempfile.TemporaryDirectory(prefix="iglubuild-probe-") as tmp:
-        (Path(tmp) / "distcc").mkdir()
-        env = base_env({
-            "DISTCC_HOSTS": f"{address}:{port}/1",
-            "DISTCC_FALLBACK": "0",
-            "DISTCC_DIR": str(Path(tmp) / "distcc"),
-            "DISTCC_IO_TIMEOUT": "30",
-        })
-        obj = _compile_probe(["distcc", *compiler.split()], env, Path(tmp))
-    return hashlib.sha256(obj).hexdigest()[:16], _compiler_name(obj)
 
 
 def inspect_volunteer(v: Volunteer, compiler: str = "clang") -> Volunteer:
@@ -624,7 +481,7 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
 
     try:
         client = docker_client()
-    except FarmError as exc:
+    except EngineError as exc:
         log.warning("no distcc farm: %s; building locally", exc.message)
         return None
     try:
@@ -660,155 +517,3 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
     return FarmHosts(volunteers=usable, jobs=jobs, local_identity=local_id, excluded=excluded)
 
 
-def phase_additions(hosts: FarmHosts, distcc_dir: Path | None = None,
-                    local_slots: int = 0) -> tuple[tuple[str, ...], dict[str, str]]:
-    """(launcher, extra_env) for iglubuild.build: `launcher` goes in front of the
-    compiler in the phase's compiler wrappers, `extra_env` into the phase env.
-
-    The build engine's wrappers keep the target flags and --sysroot, so only
-    DISTCC_HOSTS and distcc's own settings are added here.
-    """
-    env = build_env(hosts, distcc_dir=distcc_dir, local_slots=local_slots)
-    for key in ("CC", "CXX", "JOBS", "MAKEFLAGS"):
-        env.pop(key)
-    return ("distcc",), env
-
-
-def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
-              distcc_dir: Path | None = None, local_slots: int = 0) -> dict[str, str]:
-    """Environment additions that send a build phase's compiles to the farm.
-
-    distcc's default (non-pump) mode preprocesses and links locally against
-    the sysroot and ships only preprocessed code, so the volunteers need no
-    headers or libraries; a volunteer that fails makes distcc compile locally.
-    `local_slots` > 0 lets this machine compile too (listed after the
-    volunteers, so distcc fills them first).
-    """
-    host_list = hosts.distcc_hosts
-    jobs = hosts.jobs
-    if local_slots > 0:
-        host_list += f" localhost/{local_slots}"
-        jobs += local_slots
-    env = {
-        "DISTCC_HOSTS": host_list,
-        "CC": f"distcc {cc}",
-        "CXX": f"distcc {cxx}",
-        "JOBS": str(jobs),
-        "MAKEFLAGS": f"-j{jobs}",
-        # With every slot busy distcc polls for a free one, by default once a
-        # second: a second idle per compile on a small farm. 100 ms is cheap.
-        "DISTCC_PAUSE_TIME_MSEC": "100",
-    }
-    if distcc_dir is not None:
-        # distcc does not create its state folder and, without it, silently
-        # compiles everything locally.
-        distcc_dir.mkdir(parents=True, exist_ok=True)
-        env["DISTCC_DIR"] = str(distcc_dir)
-    return env
-
-
-# --------------------------------------------------------------------------- tally
-
-# distcc's client log (DISTCC_LOG, info level): one "compile from SRC to OBJ"
-# per distributable compile, then "compile SRC on HOST completed ok" from the
-# host whose result was kept (HOST is the DISTCC_HOSTS entry, or localhost
-# after a fallback). Links, -E and autoconf tests never get a "compile from".
-# Several distcc processes append to one log; every line is a single write
-# and starts with the writer's pid, so lines are matched by pid.
-_LOG_LINE = re.compile(r"^distcc\[(\d+)\] (.*)$")
-_COMPILE_FROM = re.compile(r"^compile from .* to .*$")
-_COMPILED_ON = re.compile(r"^compile .* on (\S+) completed ok$")
-_COMPILE_FAILED = re.compile(r"^ERROR: compile .* on \S+ failed")
-_EXIT = re.compile(r"^\(dcc_exit\) ")
-
-
-@dataclass
-class CompileTally:
-    """Where a build's compiles ran, counted from distcc's client log.
-
-    `remote` compiles returned an object from a volunteer; `local` ones were
-    compiled on the build machine (a volunteer failed or refused, or the
-    compile failed remotely and was retried). Links and preprocessing are not
-    compiles and are not counted.
-    """
-
-    remote: int = 0
-    local: int = 0
-    hosts: dict[str, int] = field(default_factory=dict)  # volunteer address:port -> compiles
-    # distcc's complaints about distributing (not about code that does not
-    # compile, such as configure probes), first few
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def compiles(self) -> int:
-        return self.remote + self.local
-
-    def __add__(self, other: CompileTally) -> CompileTally:
-        hosts = dict(self.hosts)
-        for host, n in other.hosts.items():
-            hosts[host] = hosts.get(host, 0) + n
-        return CompileTally(self.remote + other.remote, self.local + other.local, hosts,
-                            (self.warnings + other.warnings)[:MAX_WARNINGS])
-
-    def describe(self) -> str:
-        """One line for the build summary, e.g. `farm: 812 of 840 compiles remote on 2
-        volunteers, 28 local`."""
-        return (f"farm: {self.remote} of {self.compiles} compiles remote on "
-                f"{len(self.hosts)} volunteer{'s' if len(self.hosts) != 1 else ''}, "
-                f"{self.local} local")
-
-
-MAX_WARNINGS = 20
-
-
-def tally_compiles(log_path: Path) -> CompileTally:
-    """Count a build's remote and local compiles from its DISTCC_LOG file.
-
-    Reads the log distcc wrote because the build phase had DISTCC_LOG set
-    (iglubuild.build sets it in the work folder whenever DISTCC_HOSTS is).
-    The client's own log is exact for this build, unlike the volunteers'
-    counters, which other builds sharing the farm move too. A missing log
-    means distcc never ran: nothing was compiled.
-    """
-    tally = CompileTally()
-    open_: set[str] = set()  # pids with a distributable compile not yet placed
-    # pids whose compile failed on the volunteer: the code is bad (configure
-    # probes are meant to fail), and distcc's retry-locally warnings say nothing
-    # about the farm
-    bad_code: set[str] = set()
-    try:
-        f = log_path.open(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return tally
-    with f:
-        for line in f:
-            m = _LOG_LINE.match(line.rstrip("\n"))
-            if m is None:
-                continue
-            pid, text = m.groups()
-            if _COMPILE_FROM.match(text):
-                if pid in open_:  # a pid reused after an unfinished compile
-                    tally.local += 1
-                open_.add(pid)
-            elif (done := _COMPILED_ON.match(text)) and pid in open_:
-                open_.discard(pid)
-                host = done.group(1)
-                if host == "localhost":
-                    tally.local += 1
-                else:
-                    # "addr:port/slots,options" -> "addr:port"
-                    key = host.split("/", 1)[0]
-                    tally.remote += 1
-                    tally.hosts[key] = tally.hosts.get(key, 0) + 1
-            elif _EXIT.match(text):
-                bad_code.discard(pid)
-                if pid in open_:
-                    open_.discard(pid)
-                    tally.local += 1  # failed everywhere: it was last tried here
-            elif _COMPILE_FAILED.match(text):
-                bad_code.add(pid)
-            elif (text.startswith(("Warning:", "ERROR:", "(dcc_build_somewhere) Warning:"))
-                  and pid not in bad_code and len(tally.warnings) < MAX_WARNINGS):
-                tally.warnings.append(text)
-    tally.local += len(open_)  # killed mid-compile
-    return tally

@@ -61,15 +61,17 @@ def scaffold_git(name: str, git: str, tag: str, *, repo: str, settings: Settings
         # The archive's own name says nothing of the version: give it.
         text, notes = scaffold(name, archive.as_uri(), repo=repo, recipes=settings.recipes,
                                cache=Path(scratch), version=guessed)
-    notes = [n.replace("the tarball", "the tree") for n in notes]
-    if version is None:
-        notes = [f"version {guessed} guessed from the tag {tag}" if n.startswith("version ")
-                 else n for n in notes]
+    # Notes about the archive's file:// URL mean nothing for a git source.
+    notes = [n.replace("the tarball", "the tree") for n in notes
+             if archive.name not in n and "URL" not in n and "url" not in n]
+    how = "given" if version else f"guessed from the tag {tag}"
+    notes = [f"version {guessed} {how}" if n.startswith("version ") else n for n in notes]
     notes.append(f"tag {tag} is commit {commit} (from {where})")
     yaml = YAML()
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
     doc = yaml.load(text)
+    doc.yaml_add_eol_comment(f"version {how}", "version")
     src = CommentedMap()
     src["git"] = git
     src["tag"] = tag_field

@@ -8,12 +8,72 @@ the same on every machine), closures and the longest path.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 
 import networkx as nx
 
 from iglubuild.errors import GraphError, Problem, UsageError
 from iglubuild.recipe import RecipeTree
+
+# Cycles reported per strongly connected component; a tangle of more simple
+# cycles than this is reported by its first ones (the rest follow the same edges).
+MAX_CYCLES_PER_COMPONENT = 20
+
+
+def cycle_problems(tree: RecipeTree) -> list[Problem]:
+    """Every dependency cycle of `tree`, ignoring deps no recipe provides.
+
+    For lint, which reports cycles together with schema and reference
+    problems instead of after them.
+    """
+    providers = tree.providers()
+    g: nx.DiGraph = nx.DiGraph()
+    for lr in tree:
+        g.add_node(lr.name)
+        for kind in ("deps", "makedeps"):
+            for dep in getattr(lr.recipe, kind):
+                if dep in providers and providers[dep][0] != lr.name:
+                    g.add_edge(providers[dep][0], lr.name)
+    return _cycle_problems(tree, g, providers)
+
+
+def _cycle_problems(tree: RecipeTree, g: nx.DiGraph,
+                    providers: dict[str, tuple[str, str | None]]) -> list[Problem]:
+    # is_directed_acyclic_graph is a cheap topological pass; the cycle search
+    # only runs on the cyclic components.
+    if nx.is_directed_acyclic_graph(g):
+        return []
+    problems: list[Problem] = []
+    for component in sorted(nx.strongly_connected_components(g), key=min):
+        if len(component) < 2:
+            continue
+        sub = g.subgraph(component)
+        for cycle in itertools.islice(nx.simple_cycles(sub), MAX_CYCLES_PER_COMPONENT):
+            # Edges run dep -> dependent; read the report the same way, from
+            # the smallest name, so it is the same on every run.
+            names = list(cycle)
+            start = names.index(min(names))
+            names = names[start:] + names[:start]
+            text = " -> ".join(names + [names[0]])
+            for a, b in zip(names, names[1:] + names[:1], strict=True):
+                lr = tree[b]
+                loc = _dep_loc(tree, providers, b, a)
+                line, col = lr.locate(loc) if loc else (1, 1)
+                problems.append(Problem(str(lr.path), line, col, f"dependency cycle: {text}",
+                                        f"{b} needs {a}; break the cycle by removing one of "
+                                        "these"))
+    return problems
+
+
+def _dep_loc(tree: RecipeTree, providers: dict[str, tuple[str, str | None]], name: str,
+             dep_parent: str) -> tuple[str, int] | None:
+    recipe = tree[name].recipe
+    for kind in ("deps", "makedeps"):
+        for i, dep in enumerate(getattr(recipe, kind)):
+            if dep in providers and providers[dep][0] == dep_parent:
+                return (kind, i)
+    return None
 
 
 class DepGraph:
@@ -51,35 +111,9 @@ class DepGraph:
                     self.g.add_edge(parent, node)
 
     def _check_cycles(self) -> None:
-        # is_directed_acyclic_graph is a cheap topological pass; find_cycle's
-        # edge DFS is slow on large trees, so it only runs on a cyclic component.
-        if nx.is_directed_acyclic_graph(self.g):
-            return
-        component = next(c for c in sorted(nx.strongly_connected_components(self.g),
-                                           key=min) if len(c) > 1)
-        cycle = nx.find_cycle(self.g.subgraph(component))
-        names = [edge[0] for edge in cycle]
-        # Start the report at the smallest name so it reads the same each run.
-        start = names.index(min(names))
-        names = names[start:] + names[:start]
-        text = " -> ".join(names + [names[0]])
-        problems = []
-        for a, b in zip(names, names[1:] + names[:1], strict=True):
-            lr = self.tree[b]
-            loc = self._dep_loc(b, a)
-            line, col = lr.locate(loc) if loc else (1, 1)
-            problems.append(Problem(str(lr.path), line, col,
-                                    f"dependency cycle: {text}",
-                                    f"{b} needs {a}; break the cycle by removing one of these"))
-        raise GraphError(problems)
-
-    def _dep_loc(self, name: str, dep_parent: str) -> tuple[str, int] | None:
-        recipe = self.tree[name].recipe
-        for kind in ("deps", "makedeps"):
-            for i, dep in enumerate(getattr(recipe, kind)):
-                if self.providers[dep][0] == dep_parent:
-                    return (kind, i)
-        return None
+        problems = _cycle_problems(self.tree, self.g, self.providers)
+        if problems:
+            raise GraphError(problems)
 
     def _known(self, names: Iterable[str]) -> list[str]:
         out = []

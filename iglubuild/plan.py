@@ -46,14 +46,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
 
+if TYPE_CHECKING:  # the recipe model and the graph load pydantic and networkx
+    from iglubuild.graph import DepGraph
+    from iglubuild.recipe import RecipeTree
+
 STATE_FORMAT = 1
 SIGNATURE_SALT = b"iglubuild-signature-1\0"
 DEFAULT_ESTIMATE = 1.0  # seconds assumed for a package never built before
+
+
+class Result(StrEnum):
+    """How a package's last build ended, as its state record keeps it."""
+
+    BUILT = "built"
+    FAILED = "failed"
 
 
 class Status(StrEnum):
@@ -62,42 +73,6 @@ class Status(StrEnum):
     NEVER_BUILT = "never-built"
     FAILED = "failed"
     FORCED = "forced"
-
-
-# --- what the plan needs from the recipe model and the graph -----------------
-
-
-class _Source(Protocol):
-    url: str | None
-    file: str | None
-    sha256: str | None
-    sha512: str | None
-    filename: str | None
-    unverified: str | None
-
-
-class _Recipe(Protocol):
-    name: str
-    version: str
-    release: int
-    sources: Sequence[Any]
-    patches: Sequence[str]
-
-
-class _Loaded(Protocol):
-    recipe: Any
-    path: Path
-    dir: Path
-
-
-class _Tree(Protocol):
-    recipes: Mapping[str, Any]
-
-
-class _Graph(Protocol):
-    def order(self, names: Iterable[str] | None = None) -> list[str]: ...
-
-    def build_deps(self, name: str) -> Iterable[str]: ...
 
 
 # --- signatures ---------------------------------------------------------------
@@ -192,7 +167,7 @@ class Record:
     """The outcome of a package's last build, as stored under <build-dir>/state/."""
 
     name: str
-    result: str  # "built" or "failed"
+    result: Result
     signature: str
     inputs: dict[str, Any]
     version: str = ""
@@ -219,7 +194,7 @@ class Record:
     def from_json(cls, data: Mapping[str, Any]) -> Record:
         return cls(
             name=str(data["name"]),
-            result=str(data["result"]),
+            result=Result(data["result"]),
             signature=str(data["signature"]),
             inputs=dict(data.get("inputs") or {}),
             version=str(data.get("version") or ""),
@@ -260,24 +235,13 @@ class StateStore:
         `<package>-<version>-r<release>.<arch>.tar.zst`.
         """
         record = self.load(recipe)
-        if record is None or record.result != "built":
+        if record is None or record.result is not Result.BUILT:
             return None
         prefix = f"{package}-{record.version}."
         for path in record.artifacts:
             if os.path.basename(path).startswith(prefix) and os.path.exists(path):
                 return Path(path)
         return None
-
-    def last_toolchain_id(self) -> str | None:
-        """The toolchain id of the most recent build recorded here, if any."""
-        newest: Record | None = None
-        if self.dir.is_dir():
-            for entry in os.scandir(self.dir):
-                if entry.name.endswith(".json") and not entry.name.startswith("."):
-                    record = self.load(entry.name[: -len(".json")])
-                    if record and (newest is None or record.finished > newest.finished):
-                        newest = record
-        return str(newest.inputs.get("toolchain")) if newest else None
 
     def write(self, record: Record) -> None:
         """Write a record atomically: temporary file in the same folder, then rename.
@@ -318,7 +282,7 @@ class PackagePlan:
         text = str(self.status)
         return f"{text} ({', '.join(self.reasons)})" if self.reasons else text
 
-    def new_record(self, result: str, *, duration: float, log: str | None = None,
+    def new_record(self, result: Result, *, duration: float, log: str | None = None,
                    artifacts: Iterable[str] = ()) -> Record:
         """The record to store after building this package."""
         return Record(
@@ -417,8 +381,9 @@ def longest_path(
         prev[name] = parent
     if not best:
         return [], 0.0
-    end: str | None = max(best, key=lambda n: best[n])
-    total = best[end]
+    last = max(best, key=lambda n: best[n])
+    total = best[last]
+    end: str | None = last
     path: list[str] = []
     while end is not None:
         path.append(end)
@@ -449,8 +414,8 @@ def _reasons(old: Mapping[str, Any], new: Inputs) -> list[str]:
 
 
 def make_plan(
-    tree: _Tree,
-    graph: _Graph,
+    tree: RecipeTree,
+    graph: DepGraph,
     toolchain_id: str,
     state: StateStore,
     names: Iterable[str] | None = None,
@@ -463,7 +428,7 @@ def make_plan(
     """
     order = graph.order(list(names) if names is not None else None)
     # A sub-package name ("curl-dev") forces the recipe that makes it.
-    providers: Mapping[str, tuple[str, Any]] = getattr(graph, "providers", {})
+    providers = graph.providers
     forced = {providers[n][0] if n in providers else n for n in force}
     unknown = sorted(forced - set(order))
     if unknown:
@@ -497,7 +462,7 @@ def make_plan(
 def _status(record: Record | None, inputs: Inputs, signature: str) -> tuple[Status, list[str]]:
     if record is None:
         return Status.NEVER_BUILT, []
-    if record.result != "built":
+    if record.result is not Result.BUILT:
         reasons = ["last build failed" + (f", log {record.log}" if record.log else "")]
         if record.signature != signature:
             reasons += [r + " since" for r in _reasons(record.inputs, inputs)]

@@ -765,6 +765,18 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
     `cache_file` (e.g. <build-dir>/cache/recipes.pickle) keeps parsed recipes
     keyed by content, so a second run only reads and hashes the files.
     """
+    tree, problems = collect_tree(root, cache_file)
+    if problems:
+        raise RecipeError(problems)
+    return tree
+
+
+def collect_tree(root: Path, cache_file: Path | None = None) -> tuple[RecipeTree, list[Problem]]:
+    """Every valid recipe under `root` and every problem found, without raising.
+
+    `lint` uses this to go on to the graph checks (cycles) over the recipes
+    that are valid, so one run reports every kind of problem.
+    """
     from iglubuild.errors import UsageError
 
     if not root.is_dir():
@@ -774,8 +786,10 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
     tree = RecipeTree(root)
     problems: list[Problem] = []
     seen: dict[str, Path] = {}
+    duplicates: list[LoadedRecipe] = []  # their deps are checked too
     used: set[str] = set()
     broken: set[str] = set()  # folders whose recipe failed: no "unknown dependency" noise
+    broken_paths: list[Path] = []  # their deps are still checked, from the raw YAML
     for path in find_recipe_files(root):
         lr, file_problems, key = _load_one(path, cache)
         if key:
@@ -783,12 +797,14 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
         problems.extend(file_problems)
         if lr is None:
             broken.add(path.parent.name)
+            broken_paths.append(path)
             continue
         if lr.name in seen:
             line, col = lr.locate(("name",))
             problems.append(Problem(str(path), line, col,
                                     f"duplicate package name {lr.name!r}, also in {seen[lr.name]}",
                                     "package names must be unique across repos"))
+            duplicates.append(lr)
             continue
         seen[lr.name] = path
         tree.recipes[lr.name] = lr
@@ -796,10 +812,36 @@ def load_tree(root: Path, cache_file: Path | None = None) -> RecipeTree:
             if src.unverified is not None:
                 tree.unverified.append((lr.name, src.unverified))
     cache.save(used)
-    problems.extend(_dependency_problems(tree, broken))
-    if problems:
-        raise RecipeError(problems)
-    return tree
+    problems.extend(_dependency_problems(tree, broken, duplicates))
+    problems.extend(_raw_dependency_problems(tree, broken, broken_paths))
+    return tree, problems
+
+
+def _raw_dependency_problems(tree: RecipeTree, broken: set[str],
+                             paths: list[Path]) -> list[Problem]:
+    """Unknown deps of recipes that failed validation, read from their raw YAML,
+    so fixing the schema error does not reveal a second layer of problems."""
+    providers = set(tree.providers()) | broken
+    problems = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = _fast_yaml().load(text)
+        except Exception:  # noqa: BLE001 - unreadable or invalid YAML: already reported
+            continue
+        if not isinstance(data, dict):
+            continue
+        for field_name in ("deps", "makedeps"):
+            deps = data.get(field_name)
+            if not isinstance(deps, list):
+                continue
+            for i, dep in enumerate(deps):
+                if isinstance(dep, str) and NAME_RE.match(dep) and dep not in providers:
+                    line, col = locate(text, (field_name, i))
+                    problems.append(Problem(str(path), line, col,
+                                            f"unknown dependency {dep!r} in {field_name}",
+                                            "add a recipe for it or remove the dependency"))
+    return problems
 
 
 def _load_one(path: Path, cache: _Cache) -> tuple[LoadedRecipe | None, list[Problem], str]:
@@ -819,12 +861,13 @@ def _load_one(path: Path, cache: _Cache) -> tuple[LoadedRecipe | None, list[Prob
     return (None if context else lr), context, key
 
 
-def _dependency_problems(tree: RecipeTree, broken: set[str]) -> list[Problem]:
+def _dependency_problems(tree: RecipeTree, broken: set[str],
+                         duplicates: Iterable[LoadedRecipe] = ()) -> list[Problem]:
     """Every dep and makedep names a known package or sub-package."""
     providers = tree.providers()
     providers.update({name: (name, None) for name in broken})
     problems = []
-    for lr in tree:
+    for lr in [*tree, *duplicates]:
         for field_name in ("deps", "makedeps"):
             for i, dep in enumerate(getattr(lr.recipe, field_name)):
                 if dep in providers:

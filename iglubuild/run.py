@@ -1,10 +1,17 @@
 """The one door through which iglubuild runs other programs.
 
-Every subprocess goes through `run`: a whitelisted environment (PATH,
-LANG=C.UTF-8 and whatever the caller adds, nothing inherited by accident),
-stdin from /dev/null, the command line logged in debug mode, and a failure
-that says whether the program was missing (127), killed by a signal, or
-simply exited non-zero.
+Every subprocess goes through `run` (a program that finishes within the call)
+or `spawn` (one that outlives the call: phases, QEMU, anything the caller
+must be able to stop from another thread). Both give a whitelisted
+environment (PATH, LANG=C.UTF-8 and whatever the caller adds, nothing
+inherited by accident), stdin from /dev/null, the command line logged in
+debug mode, and a failure that says whether the program was missing (127),
+killed by a signal, or simply exited non-zero.
+
+`spawn` also holds the one kill policy: the child leads its own process
+group, and stopping it means SIGTERM to the whole group, a grace period of
+TERM_GRACE_SECONDS, then SIGKILL to whatever is left; leaving the `with`
+block always applies it, so nothing a child started outlives its owner.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +33,8 @@ from iglubuild.errors import IglubuildError, ToolMissingError
 log = logging.getLogger("iglubuild.run")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How long a stopped process group may take to exit after SIGTERM before SIGKILL.
+TERM_GRACE_SECONDS = 3.0
 
 
 class CommandError(IglubuildError):
@@ -109,6 +120,87 @@ def run(
             output = (proc.stderr or "") + (proc.stdout or "")
         raise CommandError(args, proc.returncode, output)
     return proc
+
+
+@contextmanager
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+    pass_fds: Sequence[int] = (),
+    new_session: bool = True,
+    grace: float = TERM_GRACE_SECONDS,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-running program; on leaving the block, stop it and its group.
+
+    `env` is the complete environment (start from `base_env`). The child
+    leads a new session (its own process group) unless `new_session` is
+    False, which only an interactive shell on the caller's terminal wants.
+    Leaving the block, normally or by an exception, applies `stop`: a child
+    that already exited costs nothing, and what it left running in its
+    group is killed.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("spawn: %s%s", shlex.join(args), f" (cwd {cwd})" if cwd else "")
+    try:
+        proc = subprocess.Popen(
+            args, env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+            start_new_session=new_session, pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(f"{args[0]}: program not found", hint="is it installed?") from exc
+    try:
+        yield proc
+    finally:
+        stop(proc, grace=grace, group=new_session)
+
+
+def stop(proc: subprocess.Popen[bytes], *, grace: float = TERM_GRACE_SECONDS,
+         group: bool = True) -> int:
+    """The one kill policy: SIGTERM (the group), wait `grace` seconds, SIGKILL; reap.
+
+    Safe to call from another thread while the owner waits, and more than
+    once. Returns the exit status (negative for a signal).
+    """
+    if proc.poll() is None:
+        _signal(proc, signal.SIGTERM, group)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever the child left running in its group (background jobs, a
+    # daemon) dies with it, even when the child itself exited on its own.
+    _signal(proc, signal.SIGKILL, group)
+    return proc.wait()
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], *,
+             grace: float = TERM_GRACE_SECONDS) -> None:
+    """`stop` several process groups with one shared grace period (not one each)."""
+    for proc in procs:
+        if proc.poll() is None:
+            _signal(proc, signal.SIGTERM, True)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal(proc, signal.SIGKILL, True)
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def which(name: str) -> Path | None:

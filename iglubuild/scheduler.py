@@ -35,13 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iglubuild.errors import EXIT_BUILD_FAILED, EXIT_OK, IglubuildError
+from iglubuild.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildError, IglubuildError
 from iglubuild.jobserver import Jobserver
-from iglubuild.plan import Plan, StateStore, longest_path
+from iglubuild.plan import Plan, Result, StateStore, longest_path
 from iglubuild.progress import NullProgress, Progress
 
 BuildOne = Callable[[str], "Iterable[str | Path] | None"]
 POLL = 0.2  # seconds between progress refreshes while waiting for builds
+# Lines of a failed package's log shown in the run's summary (the log has all).
+SUMMARY_TAIL_LINES = 10
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Failure:
     hint: str | None = None
     log: Path | None = None
     work_dir: Path | None = None
+    tail: list[str] = field(default_factory=list)  # the log's last lines
     error: BaseException | None = field(default=None, repr=False)
 
 
@@ -90,22 +93,22 @@ class Summary:
         for f in self.failed.values():
             where = f" (log {f.log})" if f.log else ""
             out.append(f"failed: {f.name}: {f.message}{where}")
+            out.extend(f"  | {line}" for line in f.tail)
         for name, cause in self.blocked.items():
             out.append(f"blocked: {name} (needs {cause})")
         return out
 
 
 def failure_from(name: str, exc: BaseException) -> Failure:
-    """Read what a BuildError carries: message, hint, and `log`/`work_dir` if it has them."""
+    """What the summary keeps of an error: message, hint, and a BuildError's log and tail."""
     if isinstance(exc, IglubuildError):
         message, hint = exc.message, exc.hint
     else:
         message, hint = f"{type(exc).__name__}: {exc}", None
-    log = getattr(exc, "log", None) or getattr(exc, "log_path", None)
-    work = getattr(exc, "work_dir", None) or getattr(exc, "work", None)
-    return Failure(name=name, message=message, hint=hint,
-                   log=Path(log) if log else None, work_dir=Path(work) if work else None,
-                   error=exc)
+    if isinstance(exc, BuildError):
+        return Failure(name=name, message=message, hint=hint, log=exc.log,
+                       work_dir=exc.work_dir, tail=exc.tail[-SUMMARY_TAIL_LINES:], error=exc)
+    return Failure(name=name, message=message, hint=hint, error=exc)
 
 
 class _Run:
@@ -203,7 +206,7 @@ class _Run:
             self.summary.built.append(name)
             self.summary.durations[name] = seconds
             if self.state is not None:
-                self.state.write(pkg.new_record("built", duration=seconds,
+                self.state.write(pkg.new_record(Result.BUILT, duration=seconds,
                                                 artifacts=[str(a) for a in artifacts or ()]))
             self.progress.finish(name, "built", seconds)
             for dep in self.dependents[name]:
@@ -216,7 +219,7 @@ class _Run:
         failure = failure_from(name, exc)
         self.summary.failed[name] = failure
         if self.state is not None:
-            self.state.write(pkg.new_record("failed", duration=0.0,
+            self.state.write(pkg.new_record(Result.FAILED, duration=0.0,
                                             log=str(failure.log) if failure.log else None))
         self.progress.finish(name, "FAILED" + (f", log {failure.log}" if failure.log else ""),
                              0.0)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from iglubuild.errors import UsageError
+from iglubuild.executor import ExecutorName
 
-EXECUTORS = ("host", "chroot", "docker")
+EXECUTORS = tuple(ExecutorName)
 CONFIG_FILE = "iglubuild.toml"
 
 
@@ -29,10 +30,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _executor(text: str) -> str:
+def _executor(text: str) -> ExecutorName:
     if text not in EXECUTORS:
         raise ValueError(f"expected one of {', '.join(EXECUTORS)}")
-    return text
+    return ExecutorName(text)
 
 
 def _bool(text: str) -> bool:
@@ -97,7 +98,7 @@ class Settings:
     distfiles: Path | None = None
     mirrors: tuple[str, ...] = ()
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    executor: str = "host"
+    executor: ExecutorName = ExecutorName.HOST
     farm: bool = False
     offline: bool = False
     debug: bool = False

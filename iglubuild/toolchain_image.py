@@ -2,7 +2,7 @@
 
 The distcc volunteers must run the very clang local builds use, so their
 image is not pulled from anywhere: it is the build root (debootstrap + clang,
-lld, distcc; see iglubuild.buildroot) imported as a single layer through the
+lld, distcc; see iglubuild.toolchain_root) imported as a single layer through the
 Engine API's "create image from source", and tagged with the toolchain id.
 Nodes without a registry get it with --save / --load; --push sends it to a
 registry the nodes can pull from.
@@ -10,7 +10,6 @@ registry the nodes can pull from.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from iglubuild.docker_engine import IMAGE_REPOSITORY, LABEL_TOOLCHAIN, docker_client
 from iglubuild.errors import IglubuildError, UsageError
-from iglubuild.farm import IMAGE_REPOSITORY, LABEL_TOOLCHAIN, FarmError, docker_client
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ _CHECK_SCRIPT = (
     "[ -e /usr/lib/distcc/clang ] || { echo 'no /usr/lib/distcc/clang'; exit 1; }; "
     "clang --version | head -n 1"
 )
-# The sha256 of the build root manifest an image was made from (see iglubuild.buildroot).
+# The sha256 of the build root manifest an image was made from (see iglubuild.toolchain_root).
 LABEL_MANIFEST = "org.iglunix.toolchain-manifest"
 _IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -116,7 +115,7 @@ def _check_image(client: docker.DockerClient, ref: str) -> str:
         raise ImageError(f"the build root cannot run a distcc volunteer: {detail}",
                          hint="the root needs clang, lld and distcc installed "
                               "(and update-distcc-symlinks run)") from exc
-    return out.decode(errors="replace").strip()
+    return bytes(out).decode(errors="replace").strip()
 
 
 def save_image(ref: str, dest: Path, client: docker.DockerClient | None = None) -> Path:
@@ -161,62 +160,15 @@ def push_image(ref: str, registry: str, client: docker.DockerClient | None = Non
 # --------------------------------------------------------------------------- CLI action
 
 
-def add_image_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `iglubuild toolchain image` (wired by the toolchain verb)."""
-    parser.add_argument("--from", dest="tarball", metavar="TARBALL", type=Path,
-                        help="build root tarball (default: export the current build root)")
-    parser.add_argument("--toolchain-id", metavar="ID",
-                        help="tag to use (default: sha256 prefix of the tarball)")
-    parser.add_argument("--save", metavar="FILE", type=Path,
-                        help="also write the image to FILE for nodes without a registry")
-    parser.add_argument("--load", metavar="FILE", type=Path,
-                        help="load an image saved with --save instead of making one")
-    parser.add_argument("--push", metavar="REGISTRY", help="push the image to REGISTRY")
-
-
 def default_tarball(settings: Settings) -> tuple[Path, str | None]:
     """The current build root as a tarball (exported on first use) and its id.
 
-    Uses iglubuild.buildroot when present; otherwise a tarball already
-    exported to <build-dir>/toolchain/buildroot.tar.
+    The tarball is keyed by the root's id, so a new build root gets a new one.
     """
-    try:
-        from iglubuild import buildroot  # type: ignore[attr-defined]
-    except ImportError:
-        return settings.build_dir / "toolchain" / "buildroot.tar", None
-    root = buildroot.current_root(settings)
+    from iglubuild import toolchain_root
+
+    root = toolchain_root.current_root(settings)
     tarball = settings.build_dir / "toolchain" / f"{root.id}.tar"
     if not tarball.exists():
-        buildroot.export(root, tarball)
+        toolchain_root.export(root, tarball)
     return tarball, str(root.id)
-
-
-def image_action(settings: Settings, args: argparse.Namespace) -> int:
-    """`iglubuild toolchain image`: make (or load) the image, then save/push it."""
-    if args.load is not None:
-        if args.tarball is not None:
-            raise UsageError("--load and --from exclude each other",
-                             hint="--load FILE takes an image made elsewhere")
-        tags = load_image(args.load)
-        if not tags:
-            raise FarmError(f"{args.load} holds no tagged image")
-        ref = tags[0]
-        print(f"loaded {', '.join(tags)}")
-    else:
-        tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
-        labels = {}
-        if root_id is not None and not args.toolchain_id:
-            # Made from the current build root: say which manifest it comes
-            # from, for `--executor docker` on machines that only load the image.
-            from iglubuild import buildroot
-
-            labels[LABEL_MANIFEST] = buildroot.current_root(settings).manifest_digest
-        made = create_image(tarball, args.toolchain_id or root_id, labels=labels)
-        ref = made.ref
-        print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
-    if args.save is not None:
-        save_image(ref, args.save)
-        print(f"saved {ref} to {args.save}")
-    if args.push:
-        print(f"pushed {push_image(ref, args.push)}")
-    return 0

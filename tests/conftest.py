@@ -87,7 +87,7 @@ def docker_engine():  # type: ignore[no-untyped-def]
     """Our own dockerd for the whole session, stopped by its PID at the end.
 
     Its socket is exported as DOCKER_HOST for the session, so iglubuild's own
-    client (iglubuild.farm.docker_client) talks to it.
+    client (iglubuild.docker_engine.docker_client) talks to it.
     """
     reason = _docker_missing()
     if reason:

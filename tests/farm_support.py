@@ -89,40 +89,23 @@ def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
     return Dockerd(proc=proc, host=host, root=root)
 
 
-def _chroot(root: Path, *argv: str) -> None:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
-           "LANG": "C.UTF-8"}
-    subprocess.run(["chroot", str(root), *argv], env=env, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-
-
-def make_buildroot(root: Path) -> Path:
-    """debootstrap a minimal bookworm and install the volunteer's toolchain in it.
-
-    Stand-in for iglubuild.buildroot until the build root lands on main.
-    """
-    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root)], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
-    try:
-        _chroot(root, "apt-get", "install", "-y", "--no-install-recommends",
-                "clang", "lld", "distcc")
-        _chroot(root, "update-distcc-symlinks")
-        _chroot(root, "apt-get", "clean")
-    finally:
-        subprocess.run(["umount", str(root / "proc")], check=True)
-    return root
-
-
 def buildroot_tarball(cache: Path) -> Path:
-    """A tarball of a build root: IGLUBUILD_TEST_BUILDROOT (dir or tar) or a fresh one."""
+    """A tarball of a build root: IGLUBUILD_TEST_BUILDROOT (dir or tar) or a fresh one
+    made from the project's manifest by iglubuild.toolchain_root."""
+    from iglubuild import toolchain_root
+
     given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
     tarball = cache / "buildroot.tar"
     if given and Path(given).is_file():
         return Path(given)
     if tarball.exists():
         return tarball
-    root = Path(given) if given else make_buildroot(cache / "root")
+    if given:
+        root = Path(given)
+    else:
+        project = Path(__file__).resolve().parents[1]
+        manifest = toolchain_root.load_manifest(project / toolchain_root.MANIFEST)
+        root = toolchain_root.create(cache / "build", manifest)[0].path
     tmp = tarball.with_suffix(".tmp")
     subprocess.run(["tar", "--numeric-owner", "-C", str(root), "--exclude=./proc/*",
                     "--exclude=./dev/*", "-cf", str(tmp), "."], check=True)

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m ruff check iglubuild tests bench
+python3 -m mypy --strict iglubuild
 
 if [ -n "${IGLUBUILD_TEST_STATE:-}" ]; then
     state=$IGLUBUILD_TEST_STATE  # kept: reuse it on the next run

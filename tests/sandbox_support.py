@@ -3,6 +3,7 @@
 - `run_to_log`: run one phase, return its status and log text.
 - `RecordingServer`: a real TCP server on the host's 127.0.0.1, to show that
   a phase without network cannot reach it.
+- `check_escapes`: the escapes a hostile recipe tries, each refused.
 - `check_make_shares_the_runs_jobserver`: three 1-second make jobs show
   whether make inside a sandbox joins the run's jobserver (with no free token
   it runs them one after another, with two free tokens all three at once).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from iglubuild.executor import Executor, PhaseJob
@@ -105,3 +107,40 @@ def check_make_shares_the_runs_jobserver(ex: Executor, tmp_path: Path) -> None:
             assert js.available() == 2
         finally:
             ex.pass_fds = ()  # type: ignore[attr-defined]
+
+
+# The escapes a hostile recipe tries (issue 16, case 1), each a phase script
+# and the words its refusal must contain. HOST is a host path outside every
+# folder the sandbox mounts: an escape would create it.
+ESCAPES = {
+    "double chroot": (
+        "perl -e 'mkdir \"/tmp/esc\"; chroot \"/tmp/esc\" or die \"chroot: $!\\n\";"
+        " chdir \"..\" for 1..64; chroot \".\" or die \"chroot: $!\\n\";"
+        " system(\"touch HOST\")'", ("not permitted",)),
+    "block device": ("mknod /tmp/sda b 8 0", ("not permitted",)),
+    "mount": ("mount -t tmpfs none /mnt", ("denied", "not permitted")),
+    "proc sys": ("echo 1 > /proc/sys/vm/drop_caches", ("Read-only", "denied")),
+    "unshare": ("unshare --user --map-root-user --mount true", ("not permitted",)),
+}
+# CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID: all a phase keeps.
+PHASE_CAPS = 0x1B
+
+
+def check_escapes(ex: Executor, work: Path, host: Path,
+                  make_job: Callable[[Path, str], PhaseJob]) -> None:
+    """Every escape in ESCAPES is refused with its words; `host` never appears."""
+    for name, (script, words) in ESCAPES.items():
+        job = make_job(work, script.replace("HOST", str(host)))
+        rc, log = run_to_log(ex, job, work)
+        assert rc != 0, f"{name}: the attack succeeded:\n{log}"
+        assert any(w in log for w in words), f"{name}: unexpected refusal:\n{log}"
+        assert not host.exists(), f"{name}: wrote on the host"
+    rc, log = run_to_log(ex, make_job(work, "grep -E '^Cap(Eff|Bnd)' /proc/self/status; "
+                                            "grep NoNewPrivs /proc/self/status"), work)
+    assert rc == 0, log
+    caps = {line.split(":")[0]: int(line.split()[1], 16)
+            for line in log.splitlines() if line.startswith("Cap")}
+    assert caps == {"CapEff": PHASE_CAPS, "CapBnd": PHASE_CAPS}, log
+    assert "NoNewPrivs:\t1" in log, log
+
+

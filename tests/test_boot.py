@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +161,18 @@ def test_command_param_readable_or_hex() -> None:
     hexed = bootmod.command_param('echo "hi"')
     assert hexed.startswith("iglubuild.runhex=")
     assert bytes.fromhex(hexed.split("=", 1)[1]).decode() == 'echo "hi"'
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+def test_debug_shows_the_qemu_command_line(tmp_path: Path) -> None:
+    """The boot errors' hint says --debug shows QEMU's command line: it does."""
+    image = tmp_path / "blank.img"
+    image.write_bytes(bytes(1 << 20))  # no partitions: UEFI finds nothing to boot
+    proc = subprocess.run(
+        [sys.executable, "-m", "iglubuild", "--debug", "--build-dir", str(tmp_path / "b"),
+         "boot", str(image), "--accel", "tcg", "--timeout", "2"],
+        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if "spawn: qemu-system-x86_64" in ln)
+    assert "-machine q35,accel=tcg" in line and str(image) in line
+    assert not _qemu_running_on(image)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.build import PhaseFailed, build_package, sysroot_packages, work_paths
+from iglubuild.build import BuildJob, PhaseFailed, build_package, sysroot_packages, work_paths
 from iglubuild.elf import read_elf
 from iglubuild.errors import BuildError, FetchError, UsageError
 from iglubuild.executors.host import HostExecutor
@@ -48,8 +48,8 @@ class Env:
     def build(self, name: str, deps: list[Path] | None = None, signature: str = "sig",
               **kw: object) -> list[Path]:
         lr = load_tree(self.recipes).recipes[name]
-        return build_package(lr, self.settings, self.executor, deps or [], signature,
-                             epoch=EPOCH, **kw)  # type: ignore[arg-type]
+        return build_package(BuildJob(lr, self.settings, self.executor, deps or [], signature,
+                                      epoch=EPOCH, **kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -391,7 +391,7 @@ def musl_artifacts(tmp_path_factory: pytest.TempPathFactory, executor: HostExecu
     settings = Settings(recipes=recipes, build_dir=base / "build", distfiles=SHARED_DISTFILES)
     lr = load_tree(recipes).recipes["musl"]
     assert sysroot_packages(lr, load_target()) == []  # musl needs no sysroot
-    built = build_package(lr, settings, executor, [], "musl-test", epoch=EPOCH)
+    built = build_package(BuildJob(lr, settings, executor, [], "musl-test", epoch=EPOCH))
     assert built == arts
     return arts
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild import buildroot
+from iglubuild import toolchain_root
 from iglubuild.cli import main
 from iglubuild.elf import read_elf
 from iglubuild.executor import PhaseJob
@@ -34,6 +34,7 @@ from tests.conftest import DISTFILES, REPO_ROOT
 from tests.engine_support import MUSL_TARBALL, musl_recipe_text, write_recipe
 from tests.sandbox_support import (
     RecordingServer,
+    check_escapes,
     check_make_shares_the_runs_jobserver,
     run_to_log,
 )
@@ -89,6 +90,13 @@ class _TimedLog:
 
 
 # --------------------------------------------------------------------------- phases
+
+
+def test_escapes_are_refused(executor: DockerExecutor, tmp_path: Path) -> None:
+    """The chroot executor's escape tests, in a container."""
+    work = tmp_path / "work"
+    work.mkdir()
+    check_escapes(executor, work, tmp_path / "escaped", _job)
 
 
 def test_exit_status_and_output_streamed_to_the_log(executor: DockerExecutor,
@@ -221,7 +229,7 @@ def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
     127.0.0.1, with local fallback off, and distcc's state folder is writable."""
     from dataclasses import replace
 
-    from iglubuild.build import build_package
+    from iglubuild.build import BuildJob, build_package
     from iglubuild.farm import read_stats
     from iglubuild.recipe import load_tree
     from iglubuild.target import load_target
@@ -261,8 +269,8 @@ def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
         lr = load_tree(recipes).recipes["remote"]
         # f.c needs no C library: leave musl out of the sysroot.
         target = replace(load_target(), implicit_build_deps=())
-        artifacts = build_package(lr, settings, executor, [], "sig", target=target,
-                                  launcher=("distcc",), extra_env=farm_env)
+        artifacts = build_package(BuildJob(lr, settings, executor, [], "sig", target=target,
+                                           launcher=("distcc",), extra_env=farm_env))
         assert [a.name for a in artifacts] == ["remote-1-r1.x86_64.tar.zst"]
         assert int(read_stats("127.0.0.1", port + 1)["dcc_compile_ok"]) == 1
         assert (distcc_dir / "lock").is_dir()  # distcc's state, written from the container
@@ -389,7 +397,7 @@ def _project_build_dir(build: Path, toolchain_image) -> str:  # type: ignore[no-
     tdir.mkdir(parents=True, exist_ok=True)
     given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
     record = Path(given).with_name(Path(given).name + ".json") if given else None
-    manifest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST)
+    manifest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST)
     if given and record and record.is_file() and \
             json.loads(record.read_text())["manifest_digest"] == manifest.digest:
         ident = json.loads(record.read_text())["id"]
@@ -414,8 +422,8 @@ def _untag(ident: str, toolchain_image) -> None:  # type: ignore[no-untyped-def]
 
 def test_same_toolchain_id_as_the_chroot_executor(toolchain_image, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from iglubuild.chroot import ChrootExecutor
     from iglubuild.executors import make_executor
+    from iglubuild.executors.chroot import ChrootExecutor
 
     monkeypatch.chdir(REPO_ROOT)
     ident = _project_build_dir(tmp_path / "build", toolchain_image)
@@ -452,7 +460,7 @@ def test_machine_with_only_the_loaded_image_finds_it_by_manifest(
     assert err.startswith("error: no build root for ") and "no toolchain image made from it" in err
     assert "hint: run `iglubuild toolchain build` then `iglubuild toolchain image`" in err
 
-    digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+    digest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST).digest
     client = docker.from_env()
     # What `toolchain image` labels an image made from the build root with:
     # its manifest's digest beside the toolchain id.
@@ -497,7 +505,7 @@ def test_toolchain_image_from_the_build_root_serves_a_machine_without_it(
         assert f"iglubuild-toolchain:{ident} (" in capsys.readouterr().out
         (build / "toolchain" / f"{ident}.tar").unlink()  # the export, 700 MB
         image = client.images.get(image_ref(ident))
-        digest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST).digest
+        digest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST).digest
         assert image.labels[LABEL_MANIFEST] == digest
         other = Settings(build_dir=tmp_path / "elsewhere", project_root=REPO_ROOT)
         ex = DockerExecutor.from_settings(other)
@@ -511,7 +519,7 @@ def test_missing_image_is_one_line_with_hint(docker_engine, tmp_path: Path, caps
     monkeypatch.chdir(REPO_ROOT)
     build = tmp_path / "build"
     (build / "toolchain" / "root-0000000000000000").mkdir(parents=True)
-    manifest = buildroot.load_manifest(REPO_ROOT / buildroot.MANIFEST)
+    manifest = toolchain_root.load_manifest(REPO_ROOT / toolchain_root.MANIFEST)
     (build / "toolchain" / "root-0000000000000000.json").write_text(json.dumps(
         {"id": "0000000000000000", "manifest_digest": manifest.digest, "packages": {},
          "created": 1.0}))

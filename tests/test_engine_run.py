@@ -1,4 +1,4 @@
-"""The build stage under the real scheduler: Engine + iglubuild.buildrun.run_build.
+"""The build stage under the real scheduler: Engine + iglubuild.session.run_build.
 
 Shell-only recipes (no compiler), so this is fast: what is tested is the
 wiring -- dependency artifacts found through the state records and
@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from iglubuild.build import Engine
-from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.executors.host import HostExecutor
 from iglubuild.graph import DepGraph
 from iglubuild.package import install_artifact, write_index
 from iglubuild.recipe import load_tree
+from iglubuild.session import BuildContext, Builder, run_build
 from iglubuild.settings import Settings
 from iglubuild.target import load_target
 from tests.engine_support import write_recipe
@@ -121,3 +121,7 @@ def test_scheduler_reports_a_failed_package(tmp_path: Path) -> None:
     assert code == 1
     assert "bad" in err and "exit status 2" in err
     assert (settings.logs_dir / "bad.log").is_file()
+    # The summary shows the end of the failed package's log, not only its path.
+    summary = err[err.index("failed: bad:"):]
+    assert "  | this one fails" in summary
+    assert "  | ==> [" in summary  # the engine's own notes are part of the tail

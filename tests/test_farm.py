@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild import farm
+from iglubuild import distcc, farm
 from iglubuild.cli import main
 from iglubuild.elf import read_elf
 from iglubuild.package import install_artifact
@@ -113,7 +113,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def _compiles(volunteers) -> dict[int, int]:
-    return {v.slot: int(farm.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
+    return {v.slot: int(distcc.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
             for v in volunteers}
 
 
@@ -134,8 +134,8 @@ def test_image_is_the_build_root_with_its_clang(toolchain_image, docker_engine):
                                  check=True).stdout.splitlines()[0]
     assert toolchain_image.compiler == local_clang
     image = docker.from_env().images.get(toolchain_image.ref)
-    assert image.labels[farm.LABEL_TOOLCHAIN] == toolchain_image.toolchain_id
-    assert toolchain_image.ref == f"{farm.IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
+    assert image.labels[docker_engine.LABEL_TOOLCHAIN] == toolchain_image.toolchain_id
+    assert toolchain_image.ref == f"{docker_engine.IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
 
 
 def test_image_action_saves_and_loads(toolchain_image, root_tarball, docker_engine, tmp_path,
@@ -145,7 +145,7 @@ def test_image_action_saves_and_loads(toolchain_image, root_tarball, docker_engi
 
     import docker
 
-    from iglubuild.toolchain_image import add_image_arguments, image_action
+    from iglubuild.commands.toolchain import add_image_arguments, image_action
 
     parser = argparse.ArgumentParser()
     add_image_arguments(parser)
@@ -174,7 +174,7 @@ def test_farm_up_gives_two_reachable_volunteers(running_farm, farm_cfg):
     assert ports == [farm_cfg.base_port, farm_cfg.base_port + 2]
     for v in running_farm:
         assert v.address == "127.0.0.1"
-        stats = farm.read_stats(v.address, v.stats_port)
+        stats = distcc.read_stats(v.address, v.stats_port)
         assert "dcc_compile_ok" in stats
 
 
@@ -260,7 +260,7 @@ def test_build_through_farm_matches_local_build(running_farm, settings, program,
     before = _compiles(hosts.volunteers)
     # As the build engine does it: the launcher in front of an absolute
     # compiler path, DISTCC_HOSTS from the live farm.
-    launcher, extra = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    launcher, extra = distcc.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
     assert extra["DISTCC_HOSTS"] == hosts.distcc_hosts
     clang = shutil.which("clang")
     env = {**extra, "CC": " ".join([*launcher, clang])}
@@ -401,7 +401,7 @@ def test_killing_a_volunteer_mid_build_still_finishes(running_farm, settings, pr
     assert hosts is not None
     victim = hosts.volunteers[0]
     before = _compiles(hosts.volunteers)
-    proc = _make(program, tmp_path / "farm", farm.build_env(hosts), hosts.jobs)
+    proc = _make(program, tmp_path / "farm", distcc.build_env(hosts), hosts.jobs)
     deadline = time.monotonic() + 60
     while _compiles([victim])[victim.slot] == before[victim.slot]:
         assert proc.poll() is None, "build ended before the victim got a compile"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iglubuild import farm
+from iglubuild import distcc, farm
 from iglubuild.cli import main
 
 
@@ -34,10 +34,10 @@ def test_farm_without_action_is_usage_error(capsys):
 
 
 def test_build_env_names_every_volunteer():
-    vols = [farm.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=4),
-            farm.Volunteer("t2", 2, "n2", "10.0.0.2", 3634, "running", slots=2)]
-    hosts = farm.FarmHosts(volunteers=vols, jobs=7, local_identity="x")
-    env = farm.build_env(hosts, cc="clang --target=x86_64-linux-musl")
+    vols = [distcc.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=4),
+            distcc.Volunteer("t2", 2, "n2", "10.0.0.2", 3634, "running", slots=2)]
+    hosts = distcc.FarmHosts(volunteers=vols, jobs=7, local_identity="x")
+    env = distcc.build_env(hosts, cc="clang --target=x86_64-linux-musl")
     assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/4 10.0.0.2:3634/2"
     assert env["CC"] == "distcc clang --target=x86_64-linux-musl"
     assert env["MAKEFLAGS"] == "-j7"
@@ -50,8 +50,8 @@ def test_node_address_falls_back_to_manager_address():
 
 
 def test_local_identity_is_stable_and_names_clang():
-    a = farm.local_identity()
-    assert a == farm.local_identity()
+    a = distcc.local_identity()
+    assert a == distcc.local_identity()
     assert a[1] and "clang version" in a[1]
     assert len(a[0]) == 16
 
@@ -59,9 +59,9 @@ def test_local_identity_is_stable_and_names_clang():
 def test_image_from_missing_tarball_is_a_usage_error(tmp_path, capsys):
     import argparse
 
+    from iglubuild.commands.toolchain import add_image_arguments, image_action
     from iglubuild.errors import UsageError
     from iglubuild.settings import Settings
-    from iglubuild.toolchain_image import add_image_arguments, image_action
 
     parser = argparse.ArgumentParser()
     add_image_arguments(parser)
@@ -76,9 +76,9 @@ def test_image_from_missing_tarball_is_a_usage_error(tmp_path, capsys):
 
 
 def test_build_env_can_keep_local_slots(tmp_path):
-    vols = [farm.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
-    hosts = farm.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
-    env = farm.build_env(hosts, distcc_dir=tmp_path / "d" / "distcc", local_slots=1)
+    vols = [distcc.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
+    hosts = distcc.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
+    env = distcc.build_env(hosts, distcc_dir=tmp_path / "d" / "distcc", local_slots=1)
     assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/2 localhost/1"
     assert env["JOBS"] == "4"
     assert (tmp_path / "d" / "distcc").is_dir()
@@ -91,9 +91,9 @@ def test_join_without_token_is_usage_error(capsys):
 
 
 def test_phase_additions_for_the_build_engine(tmp_path):
-    vols = [farm.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
-    hosts = farm.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
-    launcher, env = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    vols = [distcc.Volunteer("t1", 1, "n1", "10.0.0.1", 3632, "running", slots=2)]
+    hosts = distcc.FarmHosts(volunteers=vols, jobs=3, local_identity="x")
+    launcher, env = distcc.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
     assert launcher == ("distcc",)
     assert env["DISTCC_HOSTS"] == "10.0.0.1:3632/2"
     assert env["DISTCC_DIR"] == str(tmp_path / "distcc")
@@ -169,7 +169,7 @@ def test_tally_counts_remote_and_local_compiles_from_distccs_log(distccd, tmp_pa
     # Preprocessing is no compile (nor is a link); compiling its output is.
     _distcc(tmp_path, distccd, "-E", "a.c", "-o", "a.i")
     _distcc(tmp_path, distccd, "-c", "-o", "/dev/null", "-x", "c", "a.i")
-    tally = farm.tally_compiles(tmp_path / "distcc.log")
+    tally = distcc.tally_compiles(tmp_path / "distcc.log")
     assert (tally.remote, tally.local) == (4, 2), (tmp_path / "distcc.log").read_text()
     assert tally.hosts == {distccd: 4}
     # The dead volunteer is worth a warning; code that does not compile is not
@@ -177,16 +177,16 @@ def test_tally_counts_remote_and_local_compiles_from_distccs_log(distccd, tmp_pa
     assert any("failed to distribute c.c" in w for w in tally.warnings), tally.warnings
     assert not any("bad.c" in w for w in tally.warnings), tally.warnings
     assert tally.describe() == "farm: 4 of 6 compiles remote on 1 volunteer, 2 local"
-    both = tally + farm.CompileTally(remote=3, local=1, hosts={distccd: 1, "10.0.0.2:3632": 2})
+    both = tally + distcc.CompileTally(remote=3, local=1, hosts={distccd: 1, "10.0.0.2:3632": 2})
     assert both.describe() == "farm: 7 of 10 compiles remote on 2 volunteers, 3 local"
-    assert farm.tally_compiles(tmp_path / "no-such.log") == farm.CompileTally()
+    assert distcc.tally_compiles(tmp_path / "no-such.log") == distcc.CompileTally()
 
 
 @needs_distccd
 def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
     """build_package with the farm's launcher and DISTCC_HOSTS: distcc logs into the
-    work folder and the package log and `on_compiles` get the tally."""
-    from iglubuild.build import build_package, work_paths
+    work folder and the package log and the CompileRecorder step get the tally."""
+    from iglubuild.build import POST_BUILD_STEPS, BuildJob, build_package, work_paths
     from iglubuild.executors.host import HostExecutor
     from iglubuild.recipe import load_tree
     from iglubuild.settings import Settings
@@ -210,15 +210,18 @@ def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
     write_recipe(recipes, "nodist", body.format(name="nodist", options="options: [no-distcc]"))
     settings = Settings(recipes=recipes, build_dir=tmp_path / "build", jobs=1)
     addr, port = distccd.split(":")
-    volunteer = farm.Volunteer("t1", 1, "n1", addr, int(port), "running", slots=2)
-    hosts = farm.FarmHosts([volunteer], jobs=3, local_identity="x")
-    launcher, extra = farm.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
-    seen = {}
+    volunteer = distcc.Volunteer("t1", 1, "n1", addr, int(port), "running", slots=2)
+    hosts = distcc.FarmHosts([volunteer], jobs=3, local_identity="x")
+    launcher, extra = distcc.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    recorder = distcc.CompileRecorder()
     tree = load_tree(recipes)
     for name in ("farmed", "nodist"):
-        build_package(tree.recipes[name], settings, HostExecutor(), [], "sig",
-                      launcher=launcher, extra_env=extra, keep_work=True,
-                      on_compiles=lambda n, t: seen.__setitem__(n, t))
+        build_package(BuildJob(tree.recipes[name], settings, HostExecutor(), [], "sig",
+                               launcher=launcher, extra_env=extra, keep_work=True,
+                               steps=(*POST_BUILD_STEPS, recorder)))
+    seen = recorder.tallies()
+    assert set(seen) == {"farmed"}  # the no-distcc recipe has no DISTCC_HOSTS: no record
+    assert recorder.summary_lines() == ["farm: 3 of 3 compiles remote on 1 volunteer, 0 local"]
     farmed = seen["farmed"]
     assert (farmed.remote, farmed.local) == (3, 0)
     assert farmed.hosts == {distccd: 3}
@@ -278,7 +281,7 @@ def test_farm_flag_without_farm_builds_locally(tmp_path, monkeypatch, cli):
 def test_failed_farm_build_keeps_distccs_warnings_in_its_log(tmp_path):
     """A volunteer nobody answers at: the compile runs here, the build then fails,
     and the package log says both."""
-    from iglubuild.build import PhaseFailed, build_package
+    from iglubuild.build import POST_BUILD_STEPS, BuildJob, PhaseFailed, build_package
     from iglubuild.executors.host import HostExecutor
     from iglubuild.recipe import load_tree
     from iglubuild.settings import Settings
@@ -295,16 +298,17 @@ def test_failed_farm_build_keeps_distccs_warnings_in_its_log(tmp_path):
           exit 7
         """)
     settings = Settings(recipes=recipes, build_dir=tmp_path / "build", jobs=1)
-    dead = farm.Volunteer("t1", 1, "n1", "127.0.0.1", _free_port(), "running", slots=1)
-    launcher, extra = farm.phase_additions(
-        farm.FarmHosts([dead], jobs=2, local_identity="x"), distcc_dir=tmp_path / "distcc")
-    seen = {}
+    dead = distcc.Volunteer("t1", 1, "n1", "127.0.0.1", _free_port(), "running", slots=1)
+    launcher, extra = distcc.phase_additions(
+        distcc.FarmHosts([dead], jobs=2, local_identity="x"), distcc_dir=tmp_path / "distcc")
+    recorder = distcc.CompileRecorder()
     with pytest.raises(PhaseFailed) as failed:
-        build_package(load_tree(recipes).recipes["doomed"], settings, HostExecutor(), [],
-                      "sig", launcher=launcher, extra_env=extra,
-                      on_compiles=lambda n, t: seen.__setitem__(n, t))
+        build_package(BuildJob(load_tree(recipes).recipes["doomed"], settings, HostExecutor(),
+                               [], "sig", launcher=launcher, extra_env=extra,
+                               steps=(*POST_BUILD_STEPS, recorder)))
     assert failed.value.phase == "build"
+    seen = recorder.tallies()
     assert (seen["doomed"].remote, seen["doomed"].local) == (0, 1)
-    log = failed.value.log_path.read_text()
+    log = failed.value.log.read_text()
     assert "distcc: Warning: failed to distribute f.c to 127.0.0.1:" in log
     assert "farm: 0 of 1 compiles remote on 0 volunteers, 1 local" in log

@@ -629,7 +629,7 @@ def test_recipe_with_a_git_source_builds_a_binary(tmp_path: Path, web: Web) -> N
     the host executor with the target's clang; the package holds the binary."""
     from dataclasses import replace
 
-    from iglubuild.build import build_package
+    from iglubuild.build import BuildJob, build_package
     from iglubuild.executors.host import HostExecutor
     from iglubuild.package import install_artifact, read_metadata
     from iglubuild.target import load_target
@@ -661,8 +661,8 @@ def test_recipe_with_a_git_source_builds_a_binary(tmp_path: Path, web: Web) -> N
     executor = HostExecutor()
     executor.check()
     target = replace(load_target(), implicit_build_deps=())
-    [artifact] = build_package(lr, settings, executor, [], "sig", target=target,
-                               epoch=1_700_000_000)
+    [artifact] = build_package(BuildJob(lr, settings, executor, [], "sig", target=target,
+                                        epoch=1_700_000_000))
     files = {f["path"] for f in read_metadata(artifact)["files"]}
     assert "usr/bin/hello" in files
     root = tmp_path / "root"

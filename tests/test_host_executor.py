@@ -40,7 +40,7 @@ def test_stderr_goes_to_the_log_too(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 def test_phase_has_no_network(tmp_path: Path) -> None:
     ex = HostExecutor()
-    assert ex.isolate_network
+    assert ex.isolated
     with (tmp_path / "log").open("ab") as f:
         assert ex.run_phase(job(tmp_path, "cat /proc/net/dev"), f) == 0
     interfaces = [line.split(":")[0].strip() for line in
@@ -48,10 +48,36 @@ def test_phase_has_no_network(tmp_path: Path) -> None:
     assert interfaces == ["lo"]
 
 
+def _pids_running(command: str) -> list[int]:
+    """Host PIDs of live processes whose command line is exactly `command`.
+
+    Phases may run in their own PID namespace, where `$!` is not the host's PID.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if cmdline.strip() == command and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_gone(command: str, limit: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + limit
+    while (left := _pids_running(command)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def test_terminate_kills_the_whole_process_group(tmp_path: Path) -> None:
     ex = HostExecutor()
     result: dict[str, int] = {}
-    script = "sleep 60 & echo $! > bg.pid; sleep 60"
+    marker = f"60.{os.getpid()}1"
+    script = f"sleep {marker} & sleep {marker}"
 
     def runner() -> None:
         with (tmp_path / "log").open("ab") as f:
@@ -59,31 +85,65 @@ def test_terminate_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     t = threading.Thread(target=runner)
     t.start()
-    pidfile = tmp_path / "bg.pid"
     deadline = time.monotonic() + 10
-    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+    while len(_pids_running(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    bg = int(pidfile.read_text())
+    assert len(_pids_running(f"sleep {marker}")) == 2
     start = time.monotonic()
     ex.terminate()
     t.join(10)
     assert not t.is_alive() and time.monotonic() - start < 5
     assert result["rc"] != 0
-    deadline = time.monotonic() + 5
-    while _alive(bg) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(bg), "the background job outlived terminate()"
+    assert not _wait_gone(f"sleep {marker}"), "the background job outlived terminate()"
 
 
 def test_background_jobs_die_with_their_phase(tmp_path: Path) -> None:
     ex = HostExecutor()
+    marker = f"60.{os.getpid()}2"
     with (tmp_path / "log").open("ab") as f:
-        assert ex.run_phase(job(tmp_path, "sleep 60 & echo $! > bg.pid"), f) == 0
-    bg = int((tmp_path / "bg.pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(bg) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(bg)
+        assert ex.run_phase(job(tmp_path, f"sleep {marker} & echo started"), f) == 0
+    assert not _wait_gone(f"sleep {marker}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
+def test_kill_9_of_iglubuild_leaves_no_phase_running(tmp_path: Path) -> None:
+    """The attack of issue 16 case 9: iglubuild dies by SIGKILL in the middle of a
+    phase (and its background job). Nobody can clean up, so the kernel must."""
+    import signal
+    import subprocess
+    import sys
+
+    marker = f"60.{os.getpid()}3"
+    code = (
+        "from pathlib import Path\n"
+        "from iglubuild.executor import PhaseJob\n"
+        "from iglubuild.executors.host import HostExecutor\n"
+        "from iglubuild.run import base_env\n"
+        f"job = PhaseJob('t', 'build', 'sleep {marker} & sleep {marker}', Path({str(tmp_path)!r}),"
+        " base_env())\n"
+        f"with open({str(tmp_path / 'log')!r}, 'ab') as f:\n"
+        "    HostExecutor().run_phase(job, f)\n"
+    )
+    victim = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 15
+        while len(_pids_running(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_pids_running(f"sleep {marker}")) == 2
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        assert not _wait_gone(f"sleep {marker}"), "a phase outlived kill -9 of iglubuild"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+def test_phase_sees_the_build_host_name_and_its_exit_by_signal(tmp_path: Path) -> None:
+    ex = HostExecutor()
+    with (tmp_path / "log").open("ab") as f:
+        assert ex.run_phase(job(tmp_path, "hostname > h; kill -TERM $$"), f) == -15
+    assert (tmp_path / "h").read_text().strip() == "iglubuild"
 
 
 def _alive(pid: int) -> bool:

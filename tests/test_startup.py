@@ -30,13 +30,16 @@ def test_version_and_help_load_no_heavy_library(argv: list[str]) -> None:
 
 def test_verbs_spell_out_the_stage_constants_they_offer() -> None:
     """The verbs copy a few choices so the parser needs no stage; they must not drift."""
-    from iglubuild import boot, image, plan
+    from iglubuild import boot, farm, image, plan
     from iglubuild.commands import boot as boot_verb
+    from iglubuild.commands import farm as farm_verb
     from iglubuild.commands import image as image_verb
     from iglubuild.commands import status as status_verb
 
     assert boot_verb.FIRMWARES == boot.FIRMWARES and boot_verb.ACCELS == boot.ACCELS
     assert image_verb.DEFAULT_IMAGE_SET == image.DEFAULT_IMAGE_SET
+    assert (farm_verb.DEFAULT_BASE_PORT, farm_verb.DEFAULT_SWARM_PORT) == (
+        farm.DEFAULT_BASE_PORT, farm.DEFAULT_SWARM_PORT)
     assert set(status_verb.LABELS) == {s.value for s in plan.Status}
     assert all(status_verb.LABELS[s] for s in plan.Status)  # enum members find the keys
 
@@ -45,7 +48,8 @@ def test_start_up_loads_no_stage_module() -> None:
     """Building the parser (every command does) loads settings and errors, not stages."""
     stages = ("iglubuild.recipe", "iglubuild.graph", "iglubuild.build", "iglubuild.image",
               "iglubuild.boot", "iglubuild.package", "iglubuild.fetch", "iglubuild.plan",
-              "iglubuild.chroot", "iglubuild.buildroot")
+              "iglubuild.executors.chroot", "iglubuild.toolchain_root", "iglubuild.farm",
+              "iglubuild.distcc", "iglubuild.session", "iglubuild.scheduler")
     code = ("import sys\nfrom iglubuild.cli import build_parser\nbuild_parser()\n"
             f"print(sorted(set(sys.modules) & {set(stages)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.build import PhaseFailed, build_package
+from iglubuild.build import BuildJob, PhaseFailed, build_package
 from iglubuild.executors.host import HostExecutor
 from iglubuild.package import PackageInfo, pack_all
 from iglubuild.recipe import load_tree
@@ -104,7 +104,8 @@ def test_build_writing_into_its_sysroot_fails_and_retires_it(tmp_path: Path) -> 
 
     target = replace(load_target(), implicit_build_deps=())
     with pytest.raises(PhaseFailed, match="changed its sysroot"):
-        build_package(lr, settings, HostExecutor(), [dep], "s", target=target, epoch=1)
+        build_package(BuildJob(lr, settings, HostExecutor(), [dep], "s", target=target,
+                               epoch=1))
     # The damaged sysroot is out of use: the next build with these deps gets a clean one.
     with SysrootCache(settings.build_dir / "sysroots").use([dep]) as fresh:
         assert not (fresh.path / "usr/include/stray.h").exists()

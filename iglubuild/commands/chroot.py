@@ -54,7 +54,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if not sys.stdin.isatty():
         raise UsageError("iglubuild chroot needs a terminal on standard input",
                          hint="run it from an interactive shell")
-    from iglubuild.chroot import ChrootExecutor
+    from iglubuild.executors.chroot import ChrootExecutor
 
     executor = ChrootExecutor.from_settings(settings, args.manifest)
     cwd = Path("/root")

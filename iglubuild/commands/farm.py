@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from iglubuild import farm
 from iglubuild.errors import UsageError
 from iglubuild.settings import Settings
 from iglubuild.settings import add_arguments as add_global_arguments
+
+# iglubuild.farm's defaults (a test keeps them equal): spelled out here so that
+# building the parser, which every command does, does not load the farm.
+DEFAULT_SWARM_PORT = 2377
+DEFAULT_BASE_PORT = 3632
 
 NAME = "farm"
 HELP = "the distcc farm as a Docker swarm service: up, status, down"
@@ -40,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="toolchain image (default: the newest `toolchain image`)")
     up.add_argument("--advertise-addr", default="127.0.0.1", metavar="ADDR",
                     help="address a new swarm is advertised on (default 127.0.0.1: one machine)")
-    up.add_argument("--swarm-port", type=_port, default=farm.DEFAULT_SWARM_PORT, metavar="PORT",
+    up.add_argument("--swarm-port", type=_port, default=DEFAULT_SWARM_PORT, metavar="PORT",
                     help="swarm management port of a new swarm")
-    up.add_argument("--base-port", type=_port, default=farm.DEFAULT_BASE_PORT, metavar="PORT",
+    up.add_argument("--base-port", type=_port, default=DEFAULT_BASE_PORT, metavar="PORT",
                     help="distccd port of slot 1; slot N uses PORT+2(N-1), stats one above")
     up.add_argument("--listen", metavar="ADDR",
                     help="address distccd listens on (default: 127.0.0.1 for a loopback "
@@ -58,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from iglubuild import docker_engine, farm
+
     action = getattr(args, "farm_action", None)
     if action == "up":
         cfg = farm.FarmConfig(
@@ -80,7 +86,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{farm.SERVICE_NAME}: {len(volunteers)} volunteer(s)")
         for v in volunteers:
             print(f"  {v.address}:{v.port}  node {v.node}  slot {v.slot}")
-        print("other machines join with: " + farm.join_command(farm.docker_client()))
+        print("other machines join with: " + farm.join_command(docker_engine.docker_client()))
         return 0
     if action == "status":
         status = farm.farm_status(settings)

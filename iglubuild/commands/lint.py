@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild.graph import DepGraph
-    from iglubuild.recipe import RECIPE_FILE, load_recipe
+    from iglubuild.graph import DepGraph, cycle_problems
+    from iglubuild.recipe import RECIPE_FILE, collect_tree, load_recipe
 
     if args.paths:
         problems = []
@@ -41,6 +41,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             raise RecipeError(problems)
         say(f"{len(args.paths)} recipe(s) ok")
         return 0
+    # One pass: schema, references and duplicates from the loader, then cycles
+    # over the recipes that are valid, all reported together.
+    tree, problems = collect_tree(settings.recipes,
+                                  cache_file=settings.build_dir / "cache" / "recipes.pickle")
+    problems.extend(cycle_problems(tree))
+    if problems:
+        raise RecipeError(problems)
     tree, graph = load(settings)
     assert isinstance(graph, DepGraph)
     for name, reason in tree.unverified:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from iglubuild.errors import UsageError
 from iglubuild.settings import Settings
 
 NAME = "new"
@@ -21,16 +20,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", default="base", help="repository folder (default: base)")
     parser.add_argument("--version", dest="pkg_version", metavar="VERSION",
                         help="the version, when the file name does not tell")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing recipe.yaml")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite the existing recipe of that name, in whichever repo it is")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild.scaffold import scaffold, write_new
+    from iglubuild.errors import UsageError
+    from iglubuild.scaffold import existing_recipe, scaffold, write_new
 
     out_dir = settings.recipes / args.repo / args.name
-    if (out_dir / "recipe.yaml").exists() and not args.force:
-        # Checked before downloading, so a typo costs no download.
-        write_new("", out_dir, force=False)
+    # Checked before downloading, so a typo costs no download. Names are
+    # unique across repos: an existing recipe is overwritten in place or not at all.
+    existing = existing_recipe(settings.recipes, args.name)
+    if existing is not None:
+        if not args.force:
+            raise UsageError(f"a recipe named {args.name!r} already exists: {existing}",
+                             hint="package names are unique across repos; pass --force to "
+                             "overwrite it in place, or choose another name")
+        out_dir = existing.parent
     if args.git:
         from iglubuild.gitscaffold import scaffold_git
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from iglubuild.commands._build import add_build_arguments, build
+from iglubuild.commands._pkg_world import add_build_arguments, build
 from iglubuild.settings import Settings
 
 NAME = "pkg"

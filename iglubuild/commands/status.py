@@ -17,7 +17,7 @@ from iglubuild.commands._common import load
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:
-    from iglubuild.plan import Plan, StateStore
+    from iglubuild.plan import Plan
 
 NAME = "status"
 HELP = "show which packages are built, outdated (and why), failed or never built"
@@ -39,20 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def current_toolchain_id(settings: Settings, state: StateStore) -> tuple[str, bool]:
-    """The toolchain id a build would use now, and whether it really is current.
+def current_toolchain_id(settings: Settings) -> str:
+    """The toolchain id a build would use now (`Executor.toolchain_id()`)."""
+    from iglubuild.executors import make_executor
 
-    The executor knows the toolchain (`Executor.toolchain_id()`); when no
-    executor factory is available, fall back to the id of the last recorded
-    build, which cannot show a toolchain change.
-    """
-    try:
-        from iglubuild.executors import make_executor  # type: ignore[attr-defined]
-    except ImportError:
-        make_executor = None
-    if make_executor is not None:
-        return make_executor(settings).toolchain_id(), True
-    return state.last_toolchain_id() or "unknown", False
+    return make_executor(settings).toolchain_id()
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,7 +51,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     tree, graph = load(settings)
     state = StateStore(settings.build_dir)
-    toolchain, is_current = current_toolchain_id(settings, state)
+    toolchain = current_toolchain_id(settings)
     names = args.names or None
     plan = make_plan(tree, graph, toolchain, state, names=names)
     shown = [graph.providers[n][0] for n in args.names] if args.names else plan.order
@@ -75,9 +66,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             counts[label] = counts.get(label, 0) + 1
         print(f"{len(shown)} package(s): "
               + ", ".join(f"{n} {label}" for label, n in counts.items()), file=sys.stderr)
-    if not is_current:
-        print("note: toolchain id taken from the last recorded build; a toolchain change "
-              "shows once a build has run", file=sys.stderr)
     return 0
 
 
@@ -96,7 +84,7 @@ def status_lines(plan: Plan, names: list[str]) -> list[str]:
 
 
 def status_json(plan: Plan, names: list[str]) -> list[dict[str, object]]:
-    out = []
+    out: list[dict[str, object]] = []
     for name in names:
         pkg = plan.packages[name]
         record = pkg.record

@@ -20,7 +20,7 @@ from iglubuild.settings import Settings
 from iglubuild.settings import add_arguments as add_global_arguments
 
 if TYPE_CHECKING:  # the build-root stage loads when an action runs, not at start-up
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
 NAME = "toolchain"
 HELP = "build, inspect or export the build root (toolchain)"
@@ -33,10 +33,10 @@ class Action:
     run: Callable[[Settings, argparse.Namespace], int]
 
 
-def _manifest(settings: Settings, args: argparse.Namespace) -> buildroot.Manifest:
-    from iglubuild import buildroot
+def _manifest(settings: Settings, args: argparse.Namespace) -> toolchain_root.Manifest:
+    from iglubuild import toolchain_root
 
-    return buildroot.load_manifest(buildroot.manifest_path(settings, args.manifest))
+    return toolchain_root.load_manifest(toolchain_root.manifest_path(settings, args.manifest))
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:
@@ -49,38 +49,39 @@ def _build_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
     manifest = _manifest(settings, args)
     logs = settings.logs_dir
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / "toolchain.log"
     start = time.monotonic()
-    existing = None if args.force else buildroot.find_root(settings.build_dir, manifest)
+    existing = None if args.force else toolchain_root.find_root(settings.build_dir, manifest)
     if existing is not None:
         print(f"build root {existing.id} is up to date: {existing.path}")
         return 0
     print(f"making the build root from {manifest.path} (log: {log_path})", flush=True)
     with open(log_path, "wb") as log_file:
-        root, _made = buildroot.create(settings.build_dir, manifest, log_file, force=args.force)
+        root, _made = toolchain_root.create(settings.build_dir, manifest, log_file,
+                                            force=args.force)
     print(f"build root {root.id} made in {time.monotonic() - start:.0f} s: {root.path}")
     return 0
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
     manifest = _manifest(settings, args)
-    roots = buildroot.list_roots(settings.build_dir)
+    roots = toolchain_root.list_roots(settings.build_dir)
     if not roots:
-        print(f"no build root in {buildroot.toolchain_dir(settings.build_dir)}"
+        print(f"no build root in {toolchain_root.toolchain_dir(settings.build_dir)}"
               " (run: iglubuild toolchain build)")
         return 1
     current = False
     for root in roots:
         match = root.manifest_digest == manifest.digest
         current = current or match
-        size = buildroot.size_bytes(root.path) / (1 << 20)
+        size = toolchain_root.size_bytes(root.path) / (1 << 20)
         state = "matches the manifest" if match else "does not match the manifest"
         print(f"{root.id}  {size:8.1f} MiB  {len(root.packages)} packages  {state}  {root.path}")
     if not current:
@@ -94,33 +95,75 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
-    root = buildroot.current_root(settings, args.manifest)
-    dest = buildroot.export(root, args.file)
+    root = toolchain_root.current_root(settings, args.manifest)
+    dest = toolchain_root.export(root, args.file)
     print(f"build root {root.id} written to {dest}")
     return 0
 
 
 def _path(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild import buildroot
+    from iglubuild import toolchain_root
 
-    root = buildroot.current_root(settings, args.manifest)
+    root = toolchain_root.current_root(settings, args.manifest)
     print(root.path)
     return 0
 
 
-def _image_args(parser: argparse.ArgumentParser) -> None:
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="tarball", metavar="TARBALL", type=Path,
+                        help="build root tarball (default: export the current build root)")
+    parser.add_argument("--toolchain-id", metavar="ID",
+                        help="tag to use (default: sha256 prefix of the tarball)")
+    parser.add_argument("--save", metavar="FILE", type=Path,
+                        help="also write the image to FILE for nodes without a registry")
+    parser.add_argument("--load", metavar="FILE", type=Path,
+                        help="load an image saved with --save instead of making one")
+    parser.add_argument("--push", metavar="REGISTRY", help="push the image to REGISTRY")
+
+
+
+def image_action(settings: Settings, args: argparse.Namespace) -> int:
+    """`iglubuild toolchain image`: make (or load) the image, then save/push it."""
     # Imported here: the image needs the Docker SDK, the other actions do not.
-    from iglubuild.toolchain_image import add_image_arguments
+    from iglubuild.toolchain_image import (
+        LABEL_MANIFEST,
+        ImageError,
+        create_image,
+        default_tarball,
+        load_image,
+        push_image,
+        save_image,
+    )
 
-    add_image_arguments(parser)
+    if args.load is not None:
+        if args.tarball is not None:
+            raise UsageError("--load and --from exclude each other",
+                             hint="--load FILE takes an image made elsewhere")
+        tags = load_image(args.load)
+        if not tags:
+            raise ImageError(f"{args.load} holds no tagged image")
+        ref = tags[0]
+        print(f"loaded {', '.join(tags)}")
+    else:
+        tarball, root_id = (args.tarball, None) if args.tarball else default_tarball(settings)
+        labels = {}
+        if root_id is not None and not args.toolchain_id:
+            # Made from the current build root: say which manifest it comes
+            # from, for `--executor docker` on machines that only load the image.
+            from iglubuild import toolchain_root
 
-
-def _image(settings: Settings, args: argparse.Namespace) -> int:
-    from iglubuild.toolchain_image import image_action
-
-    return image_action(settings, args)
+            labels[LABEL_MANIFEST] = toolchain_root.current_root(settings).manifest_digest
+        made = create_image(tarball, args.toolchain_id or root_id, labels=labels)
+        ref = made.ref
+        print(f"{made.ref} ({made.image_id[:19]}): {made.compiler}")
+    if args.save is not None:
+        save_image(ref, args.save)
+        print(f"saved {ref} to {args.save}")
+    if args.push:
+        print(f"pushed {push_image(ref, args.push)}")
+    return 0
 
 
 ACTIONS: dict[str, Action] = {
@@ -134,7 +177,7 @@ ACTIONS: dict[str, Action] = {
                      _export_args, _export),
     "image": Action("import the build root into Docker as the toolchain image "
                     "(distcc farm, --executor docker)",
-                    _image_args, _image),
+                    add_image_arguments, image_action),
 }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iglubuild.commands._build import add_build_arguments, build
 from iglubuild.commands._common import say
+from iglubuild.commands._pkg_world import add_build_arguments, build
 from iglubuild.errors import BuildError
 from iglubuild.settings import Settings
 

@@ -52,7 +52,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from iglubuild.errors import BuildError, ToolMissingError
-from iglubuild.executor import Mount, PhaseJob
+from iglubuild.executor import Mount, MountKind, PhaseJob
+
+# The same host name as the chroot executor. (With host networking Docker keeps
+# the machine's UTS namespace, so the container's hostname is set explicitly.)
+from iglubuild.executors import HOSTNAME, TERM_GRACE_SECONDS, check_phase_folders
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,13 +64,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iglubuild.executors.docker")
 
+# The only capabilities a phase keeps (the chroot executor's KEPT_CAPS).
+PHASE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
+
 SHELL = "/bin/sh"
 BASH = "/bin/bash"
 ENV_TOOL = "/usr/bin/env"
-TERM_GRACE_SECONDS = 3.0
-# Same host name as the chroot executor: nothing a build embeds depends on
-# where it ran. (With host networking Docker keeps the machine's UTS namespace.)
-HOSTNAME = "iglubuild"
 # Variables the engine puts into every container's environment on its own.
 _ENGINE_ADDED = ("HOSTNAME", "HOME")
 
@@ -78,7 +81,7 @@ LABEL_OWNER = "iglubuild.owner"  # "<host name>:<pid>" of the iglubuild that mad
 
 def image_ref(toolchain_id: str) -> str:
     """The toolchain image `iglubuild toolchain image` makes for this toolchain id."""
-    from iglubuild.farm import IMAGE_REPOSITORY
+    from iglubuild.docker_engine import IMAGE_REPOSITORY
 
     return f"{IMAGE_REPOSITORY}:{toolchain_id}"
 
@@ -94,7 +97,7 @@ def docker_mounts(mounts: Iterable[Mount]) -> list[Any]:
 
     out = []
     for m in mounts:
-        if m.kind == "bind" and m.source is not None:
+        if m.kind is MountKind.BIND and m.source is not None:
             out.append(docker.types.Mount(str(m.target), str(m.source), type="bind",
                                           read_only=m.readonly))
         else:
@@ -136,17 +139,17 @@ class DockerExecutor:
         with the manifest's digest, and that image's toolchain id; with
         neither, a one-line error says how to make them.
         """
-        from iglubuild import buildroot
+        from iglubuild import toolchain_root
 
-        m = buildroot.load_manifest(buildroot.manifest_path(settings, manifest))
-        root = buildroot.find_root(settings.build_dir, m)
+        m = toolchain_root.load_manifest(toolchain_root.manifest_path(settings, manifest))
+        root = toolchain_root.find_root(settings.build_dir, m)
         if root is not None:
             return cls(image_ref(root.id), root.id, debug=settings.debug)
         ex = cls("", "", debug=settings.debug)
         found = ex.image_for_manifest(m.digest)
         if found is None:
             raise BuildError(
-                f"no build root for {m.path} in {buildroot.toolchain_dir(settings.build_dir)} "
+                f"no build root for {m.path} in {toolchain_root.toolchain_dir(settings.build_dir)} "
                 "and no toolchain image made from it in the Docker engine",
                 hint="run `iglubuild toolchain build` then `iglubuild toolchain image` "
                      "(or `iglubuild toolchain image --load FILE` with an image made elsewhere)")
@@ -155,7 +158,7 @@ class DockerExecutor:
 
     def image_for_manifest(self, digest: str) -> tuple[str, str] | None:
         """(reference, toolchain id) of the newest image made from the manifest `digest`."""
-        from iglubuild.farm import LABEL_TOOLCHAIN
+        from iglubuild.docker_engine import LABEL_TOOLCHAIN
         from iglubuild.toolchain_image import LABEL_MANIFEST
 
         try:
@@ -171,20 +174,16 @@ class DockerExecutor:
         ref = image_ref(tid) if image_ref(tid) in newest.tags else newest.tags[0]
         return ref, tid
 
-    def describe(self) -> str:
-        return (f"docker: image {self.image}; one container per phase, "
-                "network none (host for the distcc farm), binds at host paths")
-
     # ------------------------------------------------------------------ checks
 
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            from iglubuild.farm import FarmError, docker_client
+            from iglubuild.docker_engine import EngineError, docker_client
 
             try:
                 self._client = docker_client()
-            except FarmError as exc:
+            except EngineError as exc:
                 raise ToolMissingError(
                     f"the docker executor {exc.message}",
                     hint="start dockerd (or set DOCKER_HOST to the engine's socket on this "
@@ -222,21 +221,18 @@ class DockerExecutor:
         Like the chroot executor: host folders at their own paths, the cwd
         writable if no writable folder holds it, a private tmpfs on /tmp.
         """
-        for p in (*job.writable, *job.readonly):
-            if not p.is_absolute() or not p.exists():
-                raise BuildError(f"{job.package} {job.phase}: cannot mount {p}: no such folder",
-                                 hint="folders given to a phase must exist and be absolute")
+        check_phase_folders(job)
         writable = list(job.writable)
         if not any(job.cwd == w or w in job.cwd.parents for w in writable):
             writable.append(job.cwd)
         # Docker's tmpfs defaults to noexec; configure scripts run what they build in /tmp.
-        mounts = [Mount("tmpfs", Path("/tmp"), options=("mode=1777", "exec"))]
-        mounts += [Mount("bind", p, source=p) for p in writable]
-        mounts += [Mount("bind", p, source=p, readonly=True) for p in job.readonly]
+        mounts = [Mount(MountKind.TMPFS, Path("/tmp"), options=("mode=1777", "exec"))]
+        mounts += [Mount(MountKind.BIND, p, source=p) for p in writable]
+        mounts += [Mount(MountKind.BIND, p, source=p, readonly=True) for p in job.readonly]
         mounts += list(job.extra_mounts)
         fifo = self._jobserver_fifo()
         if fifo is not None:
-            mounts.append(Mount("bind", fifo, source=fifo))
+            mounts.append(Mount(MountKind.BIND, fifo, source=fifo))
         return sorted(mounts, key=lambda m: len(m.target.parts))
 
     def _jobserver_fifo(self) -> Path | None:
@@ -302,8 +298,16 @@ class DockerExecutor:
                 working_dir=str(job.cwd),
                 user="0:0",
                 init=True,
-                mounts=docker_mounts(m for m in mounts if m.kind != "tmpfs"),
-                tmpfs={str(m.target): ",".join(m.options) for m in mounts if m.kind == "tmpfs"},
+                # Least privilege, as in the chroot executor (iglubuild/executors/
+                # _nsinit.py): the ownership capabilities tools run as root count
+                # on and nothing else; Docker's seccomp profile and read-only
+                # /proc/sys stay in force.
+                cap_drop=["ALL"],
+                cap_add=list(PHASE_CAPABILITIES),
+                security_opt=["no-new-privileges"],
+                mounts=docker_mounts(m for m in mounts if m.kind is not MountKind.TMPFS),
+                tmpfs={str(m.target): ",".join(m.options)
+                       for m in mounts if m.kind is MountKind.TMPFS},
                 labels={LABEL_EXECUTOR: self.name, LABEL_PACKAGE: job.package,
                         LABEL_PHASE: job.phase, LABEL_OWNER: self.owner},
                 # The log is read back while the phase runs; json-file stores

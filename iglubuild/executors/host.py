@@ -2,10 +2,15 @@
 
 Each phase is `sh -e -c SCRIPT` in its own session (process group), so
 `terminate()` can stop the phase and everything it started -- make, its
-compilers, stray background jobs. When running as root, the phase also gets
-its own empty network namespace (`unshare --net`): builds have no network.
-Without root the host executor cannot take the network away; it says so in
-`describe()` rather than pretending.
+compilers, stray background jobs. As root, each phase also gets its own
+namespaces (the chroot executor's, without the chroot: see
+iglubuild.executors.sandbox): a PID namespace whose init is ours, so that
+nothing a phase starts outlives it, even when iglubuild itself is killed
+with kill -9 (the namespace is tied to iglubuild by PR_SET_PDEATHSIG); an
+empty network namespace (builds have no network); the host name
+"iglubuild". Without root the host executor can do none of that: phases
+then see the network and a killed iglubuild leaves them running
+(`isolated` says which).
 """
 
 from __future__ import annotations
@@ -15,17 +20,18 @@ import logging
 import os
 import signal
 import subprocess
-import threading
-import time
+import tempfile
+from pathlib import Path
 from typing import IO
 
+from iglubuild.errors import ToolMissingError
 from iglubuild.executor import PhaseJob
-from iglubuild.run import require_tool, which
+from iglubuild.executors import PhaseProcesses
+from iglubuild.executors.sandbox import sandbox_argv, write_spec
+from iglubuild.run import require_tool, run, which
 from iglubuild.target import Target, load_target
 
 log = logging.getLogger("iglubuild.executors.host")
-
-TERM_GRACE_SECONDS = 3.0
 
 
 class HostExecutor:
@@ -33,23 +39,17 @@ class HostExecutor:
 
     name = "host"
 
-    def __init__(self, target: Target | None = None, isolate_network: bool | None = None,
+    def __init__(self, target: Target | None = None, isolated: bool | None = None,
                  pass_fds: tuple[int, ...] = ()) -> None:
         self.target = target or load_target()
         # Descriptors every phase inherits: the shared make jobserver's pipe
         # (iglubuild.jobserver); Popen closes all others.
         self.pass_fds = pass_fds
-        if isolate_network is None:
-            isolate_network = _can_unshare_net()
-        self.isolate_network = isolate_network
-        self._lock = threading.Lock()
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
-        self._generation = 0  # bumped by terminate(): phases begun before it do not start
+        if isolated is None:
+            isolated = _can_unshare()
+        self.isolated = isolated
+        self._phases = PhaseProcesses()
         self._toolchain_id: str | None = None
-
-    def describe(self) -> str:
-        net = "no network (unshare --net)" if self.isolate_network else "network not isolated"
-        return f"host: {self.target.triple} via {self.target.cc}; {net}"
 
     def check(self) -> None:
         """The compilers, linker and LLVM tools the target names must be installed."""
@@ -70,10 +70,10 @@ class HostExecutor:
             h = hashlib.sha256()
             for argv in ([self.target.cc, "--version"], ["ld.lld", "--version"]):
                 try:
-                    out = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL,
-                                         check=False, env={"PATH": os.defpath + ":/usr/bin"})
-                    h.update(out.stdout)
-                except FileNotFoundError:
+                    out = run(argv, capture=True, check=False,
+                              env={"PATH": os.defpath + ":/usr/bin"})
+                    h.update(out.stdout.encode())
+                except ToolMissingError:
                     h.update(f"missing {argv[0]}".encode())
             h.update(self.target.digest.encode())
             self._toolchain_id = h.hexdigest()
@@ -81,66 +81,41 @@ class HostExecutor:
 
     def run_phase(self, job: PhaseJob, log_file: IO[bytes]) -> int:
         """Run one phase in its own process group, output into `log_file`."""
-        with self._lock:
-            generation = self._generation
-        argv = ["sh", "-e", "-c", job.script]
-        if self.isolate_network and not job.network:
-            argv = ["unshare", "--net", "--", *argv]
+        ticket = self._phases.ticket()
         log_file.flush()
-        # Popen rather than iglubuild.run.run: terminate() needs the pid while
-        # the phase is still running. The environment is the job's, whitelisted
-        # by the build stage; stdin is /dev/null as everywhere else.
-        # Spawned and recorded under the lock, so a terminate() either sees the
-        # process or has already happened (then the phase does not start).
-        with self._lock:
-            if self._generation != generation:
+        if not self.isolated:
+            return self._run(ticket, job, ["sh", "-e", "-c", job.script], log_file)
+        with tempfile.TemporaryDirectory(prefix="iglubuild-phase-") as tmp:
+            spec, status = Path(tmp) / "spec", Path(tmp) / "status"
+            shell = which("sh") or Path("/bin/sh")
+            write_spec(spec, None, [], [str(shell), "-e", "-c", job.script], job.cwd, job.env,
+                       job.network, status)
+            rc = self._run(ticket, job, sandbox_argv(spec, job.network), log_file)
+            # The init records the phase's own status (a signal told from exit
+            # 128+N); without it the init itself was killed.
+            try:
+                return int(status.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return rc
+
+    def _run(self, ticket: int, job: PhaseJob, argv: list[str], log_file: IO[bytes]) -> int:
+        # The environment is the job's, whitelisted by the build stage. Leaving
+        # the block kills whatever the phase left running in its group.
+        with self._phases.start(ticket, argv, env=job.env, cwd=str(job.cwd), stdout=log_file,
+                                stderr=subprocess.STDOUT, pass_fds=self.pass_fds) as proc:
+            if proc is None:
                 return -signal.SIGTERM
-            proc = subprocess.Popen(
-                argv,
-                cwd=job.cwd,
-                env=job.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=self.pass_fds,
-            )
-            self._running[proc.pid] = proc
-        try:
             return proc.wait()
-        finally:
-            with self._lock:
-                self._running.pop(proc.pid, None)
-            # Whatever the phase left running in the background dies with it.
-            _kill_group(proc.pid, signal.SIGKILL)
 
     def terminate(self) -> None:
         """SIGTERM every running phase's process group, SIGKILL what outlives the grace."""
-        with self._lock:
-            self._generation += 1
-            procs = list(self._running.values())
-        for proc in procs:
-            _kill_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + TERM_GRACE_SECONDS
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(proc.pid, signal.SIGKILL)
+        self._phases.terminate()
 
 
-def _can_unshare_net() -> bool:
+def _can_unshare() -> bool:
     """Root alone is not enough (a container may forbid namespaces): try it once."""
-    if os.geteuid() != 0 or which("unshare") is None:
+    if os.geteuid() != 0 or which("unshare") is None or which("setpriv") is None:
         return False
-    probe = subprocess.run(["unshare", "--net", "--", "true"], stdin=subprocess.DEVNULL,
-                           capture_output=True, check=False)
+    probe = run(["unshare", "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "--",
+                 "true"], capture=True, check=False)
     return probe.returncode == 0
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild import buildroot
+from iglubuild import toolchain_root
 from tests.chroot.helpers import DISTFILES, MANIFEST, MUSL, sha256_file
 
 
@@ -27,7 +27,7 @@ def _need_root() -> None:
 
 
 @pytest.fixture(scope="session")
-def build_root(tmp_path_factory: pytest.TempPathFactory) -> buildroot.BuildRoot:
+def build_root(tmp_path_factory: pytest.TempPathFactory) -> toolchain_root.BuildRoot:
     """A finished build root for the project's manifest (made once, or taken from CI)."""
     _need_root()
     given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
@@ -36,12 +36,12 @@ def build_root(tmp_path_factory: pytest.TempPathFactory) -> buildroot.BuildRoot:
         record = path.with_name(path.name + ".json")
         if record.is_file():
             data = json.loads(record.read_text(encoding="utf-8"))
-            return buildroot.BuildRoot(path, data["id"], data["manifest_digest"],
+            return toolchain_root.BuildRoot(path, data["id"], data["manifest_digest"],
                                        data["packages"], data["created"])
-        return buildroot.BuildRoot(path, "external", "", {}, 0.0)
+        return toolchain_root.BuildRoot(path, "external", "", {}, 0.0)
     build_dir = tmp_path_factory.mktemp("toolchain-build")
     with open(build_dir / "toolchain.log", "wb") as log:
-        root, made = buildroot.create(build_dir, buildroot.load_manifest(MANIFEST), log)
+        root, made = toolchain_root.create(build_dir, toolchain_root.load_manifest(MANIFEST), log)
     assert made
     return root
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.buildroot import BuildRoot, load_manifest
+from iglubuild.toolchain_root import BuildRoot, load_manifest
 from tests.chroot.helpers import MANIFEST, MUSL_FLAGS, PROJECT
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.chroot import ChrootExecutor, describe, phase_mounts, sandbox_argv
 from iglubuild.errors import BuildError
 from iglubuild.executor import Mount, PhaseJob
+from iglubuild.executors.chroot import ChrootExecutor
+from iglubuild.executors.sandbox import describe, phase_mounts, sandbox_argv
 
 
 def test_mount_order_overlay_then_base_then_shallowest_binds() -> None:

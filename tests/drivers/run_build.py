@@ -1,4 +1,4 @@
-"""Run `iglubuild.buildrun.run_build` with SleepBuilder as a separate process.
+"""Run `iglubuild.session.run_build` with SleepBuilder as a separate process.
 
 Exits like the CLI (130 on KeyboardInterrupt, the error's code on IglubuildError).
 
@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.errors import EXIT_INTERRUPTED, IglubuildError
+from iglubuild.session import BuildContext, Builder, run_build
 from iglubuild.settings import Settings
 from tests.plan_fixtures import load
 from tests.sleep_builder import SleepBuilder

@@ -1,4 +1,4 @@
-"""One build run, start to end: lock, plan, jobserver, progress, scheduler, summary.
+"""One build session, start to end: lock, plan, jobserver, progress, scheduler, summary.
 
 `world` and `pkg` differ only in the names they pass, so both call
 `run_build`. It knows nothing of how a package is built: the caller hands in
@@ -7,10 +7,9 @@ the plan, the shared jobserver and the phase callback and returns the
 `build_one` callable plus the `terminate` callbacks to use on Ctrl-C.
 
     def make_builder(ctx: BuildContext) -> Builder:
-        engine = Engine(settings, executor, tree, jobserver=ctx.jobserver,
-                        on_phase=ctx.on_phase, signatures=ctx.plan)
-        return Builder(engine.build_one, [executor.terminate],
-                       summary=engine.summary_lines)
+        engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
+                        on_phase=ctx.on_phase)
+        return Builder(engine.build_one, [executor.terminate])
 
     return run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=args.names, force=args.force, keep_going=args.keep_going,
@@ -27,10 +26,12 @@ from types import FrameType
 from typing import IO, Any
 
 from iglubuild.errors import EXIT_OK
+from iglubuild.graph import DepGraph
 from iglubuild.jobserver import Jobserver
 from iglubuild.lock import BuildDirLock
 from iglubuild.plan import Plan, StateStore, make_plan
 from iglubuild.progress import Progress, make_progress
+from iglubuild.recipe import RecipeTree
 from iglubuild.scheduler import BuildOne, Summary, run_plan
 from iglubuild.settings import Settings
 
@@ -56,8 +57,8 @@ class Builder:
 
 def run_build(
     settings: Settings,
-    tree: Any,
-    graph: Any,
+    tree: RecipeTree,
+    graph: DepGraph,
     toolchain_id: str,
     make_builder: Callable[[BuildContext], Builder],
     *,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild.buildrun import BuildContext, Builder, run_build
 from iglubuild.errors import LockError
 from iglubuild.lock import BuildDirLock
+from iglubuild.session import BuildContext, Builder, run_build
 from iglubuild.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.plan_fixtures import load, make_tree

@@ -19,9 +19,9 @@ from iglubuild.executor import PHASES
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:  # world and pkg are imported at every start-up; the engine loads on use
-    from iglubuild.buildrun import BuildContext, Builder
     from iglubuild.graph import DepGraph
     from iglubuild.recipe import RecipeTree
+    from iglubuild.session import BuildContext, Builder
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +93,8 @@ def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]
     budget sized to the farm; without a farm running, a local build as asked."""
     if not settings.farm:
         return settings, (), {}
-    from iglubuild.farm import discover, phase_additions
+    from iglubuild.distcc import phase_additions
+    from iglubuild.farm import discover
 
     hosts = discover(settings)
     if hosts is None:
@@ -107,9 +108,10 @@ def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
     """Build the closure of `names` (everything if None); return the exit code."""
-    from iglubuild.buildrun import Builder, run_build
+    from iglubuild.distcc import CompileRecorder
     from iglubuild.executors import make_executor
     from iglubuild.package import write_index
+    from iglubuild.session import Builder, run_build
     from iglubuild.target import load_target
 
     tree, graph = load(settings)
@@ -127,6 +129,8 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     if not args.dry_run:
         executor.check()
     target = load_target()
+    # With the farm, where each package's compiles ran, noted after its phases.
+    compiles = CompileRecorder() if "DISTCC_HOSTS" in extra_env else None
 
     def make_builder(ctx: BuildContext) -> Builder:
         from iglubuild.build import Engine
@@ -134,14 +138,16 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         unfetched = _fetch(settings, tree, ctx.plan.to_build(), args.keep_going)
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
-                        from_phase=args.from_phase, launcher=launcher, extra_env=extra_env)
+                        from_phase=args.from_phase, launcher=launcher, extra_env=extra_env,
+                        steps=[compiles] if compiles is not None else [])
 
         def build_one(name: str) -> list[Path]:
             if name in unfetched:
                 raise FetchError(f"{name}: source not available: {unfetched[name]}")
             return engine.build_one(name)
 
-        return Builder(build_one, [executor.terminate], summary=engine.summary_lines)
+        return Builder(build_one, [executor.terminate],
+                       summary=compiles.summary_lines if compiles is not None else None)
 
     code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=names, force=args.force, keep_going=args.keep_going,

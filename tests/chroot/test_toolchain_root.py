@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from iglubuild import buildroot
-from iglubuild.buildroot import BuildRoot, load_manifest
+from iglubuild import toolchain_root
 from iglubuild.errors import UsageError
+from iglubuild.toolchain_root import BuildRoot, load_manifest
 from tests.chroot.helpers import MANIFEST, PROJECT
 
 CLI_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(PROJECT),
@@ -41,9 +41,10 @@ def test_comments_do_not_change_the_digest_but_packages_do(tmp_path: Path) -> No
     assert load_manifest(a).digest == base.digest
     assert load_manifest(b).digest != base.digest
     pk = {"clang": "1:14.0-55.7~deb12u1"}
-    assert buildroot.toolchain_id(base, pk) != buildroot.toolchain_id(load_manifest(b), pk)
-    assert buildroot.toolchain_id(base, pk) != buildroot.toolchain_id(base, {"clang": "1:15"})
-    assert buildroot.toolchain_id(base, pk) == buildroot.toolchain_id(load_manifest(a), pk)
+    tid = toolchain_root.toolchain_id
+    assert tid(base, pk) != tid(load_manifest(b), pk)
+    assert tid(base, pk) != tid(base, {"clang": "1:15"})
+    assert tid(base, pk) == tid(load_manifest(a), pk)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +80,7 @@ def test_needs_root_is_one_line(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/usr/bin/python3").exists():
         pytest.skip("needs root to drop to nobody, and /usr/bin/python3")
     code = ("from pathlib import Path\n"
-            "from iglubuild.chroot import ChrootExecutor\n"
+            "from iglubuild.executors.chroot import ChrootExecutor\n"
             "from iglubuild.errors import NeedsRootError\n"
             "try:\n ChrootExecutor(Path('/'), 'x', Path('/tmp')).check()\n"
             "except NeedsRootError as e: print(e.exit_code, e.message)\n")
@@ -106,12 +107,12 @@ def test_second_build_is_a_no_op_and_changed_manifest_is_not(
     assert time.monotonic() - start < 10
     assert f"build root {build_root.id} is up to date" in proc.stdout
     assert build_root.path.stat().st_mtime_ns == stat_before
-    root, made = buildroot.create(build_dir, load_manifest(MANIFEST))
+    root, made = toolchain_root.create(build_dir, load_manifest(MANIFEST))
     assert not made and root.id == build_root.id
 
     changed = tmp_path / "buildroot.toml"
     changed.write_text(MANIFEST.read_text().replace('"zstd",', '"zstd",\n    "less",'))
-    assert buildroot.find_root(build_dir, load_manifest(changed)) is None
+    assert toolchain_root.find_root(build_dir, load_manifest(changed)) is None
     proc = _cli("--build-dir", str(build_dir), "toolchain", "--manifest", str(changed), "status")
     assert proc.returncode == 1
     assert "does not match the manifest" in proc.stdout
@@ -130,14 +131,14 @@ def test_second_build_is_a_no_op_and_changed_manifest_is_not(
 @pytest.mark.slow
 @pytest.mark.root
 def test_installed_versions_are_recorded(build_root: BuildRoot) -> None:
-    packages = buildroot.installed_packages(build_root.path)
+    packages = toolchain_root.installed_packages(build_root.path)
     assert packages["clang-14"].startswith("1:14.0.6")
     assert "libclang-rt-14-dev" in packages
     if build_root.record.is_file():
         assert build_root.packages == packages
         m = load_manifest(MANIFEST)
         if build_root.manifest_digest == m.digest:
-            assert build_root.id == buildroot.toolchain_id(m, packages)
+            assert build_root.id == toolchain_root.toolchain_id(m, packages)
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_changed_manifest_builds_a_new_root(tmp_path: Path) -> None:
     small.write_text('[base]\nsuite = "bookworm"\n[packages]\ninstall = ["zstd"]\n')
     bigger = tmp_path / "bigger.toml"
     bigger.write_text('[base]\nsuite = "bookworm"\n[packages]\ninstall = ["zstd", "less"]\n')
-    a, made_a = buildroot.create(tmp_path / "b", load_manifest(small))
-    b, made_b = buildroot.create(tmp_path / "b", load_manifest(bigger))
+    a, made_a = toolchain_root.create(tmp_path / "b", load_manifest(small))
+    b, made_b = toolchain_root.create(tmp_path / "b", load_manifest(bigger))
     assert made_a and made_b and a.id != b.id
     assert "less" in b.packages and "less" not in a.packages

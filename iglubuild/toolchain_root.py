@@ -26,18 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from iglubuild.chroot import (
+from iglubuild.atomic import write_atomic
+from iglubuild.errors import BuildError, UsageError
+from iglubuild.executors.sandbox import (
     base_mounts,
     remove_scratch,
     require_root,
     sandbox_argv,
     write_spec,
 )
-from iglubuild.errors import BuildError, UsageError
 from iglubuild.run import CommandError, base_env, require_tool, run
 from iglubuild.settings import Settings
 
-log = logging.getLogger("iglubuild.buildroot")
+log = logging.getLogger("iglubuild.toolchain_root")
 
 MANIFEST = Path("toolchain") / "buildroot.toml"
 ID_LENGTH = 16
@@ -259,19 +260,19 @@ def create(build_dir: Path, manifest: Manifest, log_file: IO[bytes] | None = Non
             raise BuildError(f"build root: packages not installed: {', '.join(missing)}",
                              hint="check the package names in the manifest")
         ident = toolchain_id(manifest, packages)
+        created = time.time()
         final = tdir / f"root-{ident}"
         record = {"id": ident, "manifest": str(manifest.path),
                   "manifest_digest": manifest.digest, "packages": packages,
-                  "created": time.time()}
+                  "created": created}
         (root / "etc/iglubuild-toolchain.json").write_text(
             json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         root.rename(final)
-        rec_tmp = tdir / f".root-{ident}.json.tmp"
-        rec_tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        rec_tmp.rename(final.with_name(final.name + ".json"))
-        return BuildRoot(final, ident, manifest.digest, packages, record["created"]), True
+        write_atomic(final.with_name(final.name + ".json"),
+                     json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return BuildRoot(final, ident, manifest.digest, packages, created), True
     finally:
         remove_scratch(scratch)
         remove_scratch(tmp)

@@ -1,0 +1,352 @@
+"""distcc as a build uses it: volunteers, the phase environment, identity, the tally.
+
+A volunteer is one distccd (`Volunteer`; the farm finds them in its swarm).
+`phase_additions` and `build_env` turn usable volunteers (`FarmHosts`) into
+the variables a build phase needs. A volunteer's compiler identity is
+measured, not declared: a fixed probe file is compiled through that
+volunteer's distccd and the object's sha256 compared with the local
+compiler's (`volunteer_identity`, `local_identity`). Two compilers that
+produce the same object for the probe are interchangeable for distcc's
+purposes (it only ever sends them preprocessed code); a different clang, a
+wrapper adding flags or another target default all change the hash.
+After a build, `tally_compiles` reads back from distcc's own client log how
+many compiles went to the farm, and `CompileRecorder` is the post-build
+step that notes it in the package log and sums it over a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iglubuild.run import base_env, require_tool, run
+
+if TYPE_CHECKING:
+    from iglubuild.build import Built
+
+# The flags every build uses for the musl target; the probe is compiled with
+# them so that the identity covers the code generation builds will get.
+PROBE_FLAGS = ("-target", "x86_64-linux-musl", "-O2")  # distcc keeps an explicit -target
+PROBE_SOURCE = """\
+/* iglubuild compiler identity probe: exercises the optimiser and codegen. */
+struct node { struct node *next; unsigned long key; double weight; };
+static unsigned long mix(unsigned long h, unsigned long v) {
+    h ^= v + 0x9e3779b97f4a7c15UL + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdUL;
+}
+unsigned long iglubuild_probe(const struct node *n, int rounds) {
+    unsigned long h = 0;
+    double w = 0.0;
+    for (int r = 0; r < rounds; r++)
+        for (const struct node *p = n; p; p = p->next) {
+            h = mix(h, p->key + (unsigned long)r);
+            w += p->weight * (double)r;
+        }
+    return h ^ (unsigned long)w;
+}
+"""
+
+
+@dataclass
+class Volunteer:
+    """One running distccd of the farm, as seen from the swarm API."""
+
+    task_id: str
+    slot: int
+    node: str
+    address: str
+    port: int
+    state: str
+    container_id: str = ""
+    slots: int = 1
+    identity: str | None = None
+    compiler: str | None = None
+    jobs_served: int | None = None
+    problem: str | None = None
+
+    @property
+    def stats_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def host_spec(self) -> str:
+        """This volunteer as a DISTCC_HOSTS entry."""
+        return f"{self.address}:{self.port}/{self.slots}"
+
+
+@dataclass
+class FarmHosts:
+    """The usable part of a live farm, ready for a build."""
+
+    volunteers: list[Volunteer]
+    jobs: int
+    local_identity: str
+    excluded: list[Volunteer] = field(default_factory=list)
+
+    @property
+    def distcc_hosts(self) -> str:
+        return " ".join(v.host_spec for v in self.volunteers)
+
+
+def read_stats(address: str, stats_port: int, timeout: float = 2.0) -> dict[str, str]:
+    """distccd's --stats page as a dict (dcc_compile_ok, dcc_tcp_accept, ...)."""
+    data = b""
+    with socket.create_connection((address, stats_port), timeout=timeout) as sock:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    stats = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key.startswith("dcc_"):
+            stats[key] = value.strip()
+    return stats
+
+
+def _compiler_name(obj: bytes) -> str | None:
+    """The compiler that produced an object, from its .comment section text."""
+    match = re.search(rb"[\x20-\x7e]*clang version [\x20-\x7e]*", obj)
+    return match.group(0).decode().strip() if match else None
+
+
+def _compile_probe(cc: Sequence[str], env: Mapping[str, str], workdir: Path) -> bytes:
+    src = workdir / "iglubuild_probe.c"
+    out = workdir / "iglubuild_probe.o"
+    src.write_text(PROBE_SOURCE, encoding="utf-8")
+    out.unlink(missing_ok=True)
+    run([*cc, *PROBE_FLAGS, "-c", src.name, "-o", out.name], env=env, cwd=workdir,
+        capture=True, timeout=60)
+    return out.read_bytes()
+
+
+def local_identity(compiler: str = "clang") -> tuple[str, str | None]:
+    """(identity, compiler name) of the local compiler: the probe object's sha256."""
+    require_tool(compiler.split()[0], "clang")
+    with tempfile.TemporaryDirectory(prefix="iglubuild-probe-") as tmp:
+        obj = _compile_probe(compiler.split(), base_env(), Path(tmp))
+    return hashlib.sha256(obj).hexdigest()[:16], _compiler_name(obj)
+
+
+def volunteer_identity(address: str, port: int,
+                       compiler: str = "clang") -> tuple[str, str | None]:
+    """(identity, compiler name) measured by compiling the probe on one volunteer.
+
+    Local fallback is switched off, so the object really comes from that
+    volunteer; a failure raises CommandError.
+    """
+    require_tool("distcc")
+    with tempfile.TemporaryDirectory(prefix="iglubuild-probe-") as tmp:
+        (Path(tmp) / "distcc").mkdir()
+        env = base_env({
+            "DISTCC_HOSTS": f"{address}:{port}/1",
+            "DISTCC_FALLBACK": "0",
+            "DISTCC_DIR": str(Path(tmp) / "distcc"),
+            "DISTCC_IO_TIMEOUT": "30",
+        })
+        obj = _compile_probe(["distcc", *compiler.split()], env, Path(tmp))
+    return hashlib.sha256(obj).hexdigest()[:16], _compiler_name(obj)
+
+
+def phase_additions(hosts: FarmHosts, distcc_dir: Path | None = None,
+                    local_slots: int = 0) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(launcher, extra_env) for iglubuild.build: `launcher` goes in front of the
+    compiler in the phase's compiler wrappers, `extra_env` into the phase env.
+
+    The build engine's wrappers keep the target flags and --sysroot, so only
+    DISTCC_HOSTS and distcc's own settings are added here.
+    """
+    env = build_env(hosts, distcc_dir=distcc_dir, local_slots=local_slots)
+    for key in ("CC", "CXX", "JOBS", "MAKEFLAGS"):
+        env.pop(key)
+    return ("distcc",), env
+
+
+def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
+              distcc_dir: Path | None = None, local_slots: int = 0) -> dict[str, str]:
+    """Environment additions that send a build phase's compiles to the farm.
+
+    distcc's default (non-pump) mode preprocesses and links locally against
+    the sysroot and ships only preprocessed code, so the volunteers need no
+    headers or libraries; a volunteer that fails makes distcc compile locally.
+    `local_slots` > 0 lets this machine compile too (listed after the
+    volunteers, so distcc fills them first).
+    """
+    host_list = hosts.distcc_hosts
+    jobs = hosts.jobs
+    if local_slots > 0:
+        host_list += f" localhost/{local_slots}"
+        jobs += local_slots
+    env = {
+        "DISTCC_HOSTS": host_list,
+        "CC": f"distcc {cc}",
+        "CXX": f"distcc {cxx}",
+        "JOBS": str(jobs),
+        "MAKEFLAGS": f"-j{jobs}",
+        # With every slot busy distcc polls for a free one, by default once a
+        # second: a second idle per compile on a small farm. 100 ms is cheap.
+        "DISTCC_PAUSE_TIME_MSEC": "100",
+    }
+    if distcc_dir is not None:
+        # distcc does not create its state folder and, without it, silently
+        # compiles everything locally.
+        distcc_dir.mkdir(parents=True, exist_ok=True)
+        env["DISTCC_DIR"] = str(distcc_dir)
+    return env
+
+
+# distcc's client log (DISTCC_LOG, info level): one "compile from SRC to OBJ"
+# per distributable compile, then "compile SRC on HOST completed ok" from the
+# host whose result was kept (HOST is the DISTCC_HOSTS entry, or localhost
+# after a fallback). Links, -E and autoconf tests never get a "compile from".
+# Several distcc processes append to one log; every line is a single write
+# and starts with the writer's pid, so lines are matched by pid.
+_LOG_LINE = re.compile(r"^distcc\[(\d+)\] (.*)$")
+_COMPILE_FROM = re.compile(r"^compile from .* to .*$")
+_COMPILED_ON = re.compile(r"^compile .* on (\S+) completed ok$")
+_COMPILE_FAILED = re.compile(r"^ERROR: compile .* on \S+ failed")
+_EXIT = re.compile(r"^\(dcc_exit\) ")
+
+
+@dataclass
+class CompileTally:
+    """Where a build's compiles ran, counted from distcc's client log.
+
+    `remote` compiles returned an object from a volunteer; `local` ones were
+    compiled on the build machine (a volunteer failed or refused, or the
+    compile failed remotely and was retried). Links and preprocessing are not
+    compiles and are not counted.
+    """
+
+    remote: int = 0
+    local: int = 0
+    hosts: dict[str, int] = field(default_factory=dict)  # volunteer address:port -> compiles
+    # distcc's complaints about distributing (not about code that does not
+    # compile, such as configure probes), first few
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def compiles(self) -> int:
+        return self.remote + self.local
+
+    def __add__(self, other: CompileTally) -> CompileTally:
+        hosts = dict(self.hosts)
+        for host, n in other.hosts.items():
+            hosts[host] = hosts.get(host, 0) + n
+        return CompileTally(self.remote + other.remote, self.local + other.local, hosts,
+                            (self.warnings + other.warnings)[:MAX_WARNINGS])
+
+    def describe(self) -> str:
+        """One line for the build summary, e.g. `farm: 812 of 840 compiles remote on 2
+        volunteers, 28 local`."""
+        return (f"farm: {self.remote} of {self.compiles} compiles remote on "
+                f"{len(self.hosts)} volunteer{'s' if len(self.hosts) != 1 else ''}, "
+                f"{self.local} local")
+
+
+MAX_WARNINGS = 20
+
+
+def tally_compiles(log_path: Path) -> CompileTally:
+    """Count a build's remote and local compiles from its DISTCC_LOG file.
+
+    Reads the log distcc wrote because the build phase had DISTCC_LOG set
+    (iglubuild.build sets it in the work folder whenever DISTCC_HOSTS is).
+    The client's own log is exact for this build, unlike the volunteers'
+    counters, which other builds sharing the farm move too. A missing log
+    means distcc never ran: nothing was compiled.
+    """
+    tally = CompileTally()
+    open_: set[str] = set()  # pids with a distributable compile not yet placed
+    # pids whose compile failed on the volunteer: the code is bad (configure
+    # probes are meant to fail), and distcc's retry-locally warnings say nothing
+    # about the farm
+    bad_code: set[str] = set()
+    try:
+        f = log_path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return tally
+    with f:
+        for line in f:
+            m = _LOG_LINE.match(line.rstrip("\n"))
+            if m is None:
+                continue
+            pid, text = m.groups()
+            if _COMPILE_FROM.match(text):
+                if pid in open_:  # a pid reused after an unfinished compile
+                    tally.local += 1
+                open_.add(pid)
+            elif (done := _COMPILED_ON.match(text)) and pid in open_:
+                open_.discard(pid)
+                host = done.group(1)
+                if host == "localhost":
+                    tally.local += 1
+                else:
+                    # "addr:port/slots,options" -> "addr:port"
+                    key = host.split("/", 1)[0]
+                    tally.remote += 1
+                    tally.hosts[key] = tally.hosts.get(key, 0) + 1
+            elif _EXIT.match(text):
+                bad_code.discard(pid)
+                if pid in open_:
+                    open_.discard(pid)
+                    tally.local += 1  # failed everywhere: it was last tried here
+            elif _COMPILE_FAILED.match(text):
+                bad_code.add(pid)
+            elif (text.startswith(("Warning:", "ERROR:", "(dcc_build_somewhere) Warning:"))
+                  and pid not in bad_code and len(tally.warnings) < MAX_WARNINGS):
+                tally.warnings.append(text)
+    tally.local += len(open_)  # killed mid-compile
+    return tally
+
+
+class CompileRecorder:
+    """The post-build step of a --farm run: where each package's compiles ran.
+
+    After a package's phases (also when one failed: a failed build's log needs
+    distcc's warnings most), it notes the tally and distcc's warnings in the
+    package log, and keeps it so that `summary_lines` can say at the end of
+    the run how much of the work the farm did. Builds finish in the
+    scheduler's worker threads, hence the lock.
+    """
+
+    name = "compile tally"
+    always = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tallies: dict[str, CompileTally] = {}
+
+    def __call__(self, built: Built) -> None:
+        if "DISTCC_HOSTS" not in built.env:
+            return  # a no-distcc recipe in a --farm run
+        tally = tally_compiles(built.paths.compile_log)
+        for warning in tally.warnings:
+            built.note(f"distcc: {warning}")
+        hosts = ", ".join(f"{host} {n}" for host, n in sorted(tally.hosts.items()))
+        built.note(tally.describe() + (f" ({hosts})" if hosts else ""))
+        with self._lock:
+            self._tallies[built.package] = tally
+
+    def tallies(self) -> dict[str, CompileTally]:
+        """Each package's tally so far (a copy)."""
+        with self._lock:
+            return dict(self._tallies)
+
+    def total(self) -> CompileTally | None:
+        """The run's compiles summed over its packages, or None if none went to the farm."""
+        tallies = list(self.tallies().values())
+        return sum(tallies, CompileTally()) if tallies else None
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the end-of-run summary: the farm's share of the compiles."""
+        total = self.total()
+        return [] if total is None else [total.describe()]
