@@ -189,6 +189,10 @@ def cached_path(source: SourceLike, settings: Settings) -> Path:
     Raises FetchError when the source is unverified or not fetched yet, so the
     build never runs on something that did not pass the checksum.
     """
+    if getattr(source, "git", None):
+        from iglubuild.gitsource import cached_archive
+
+        return cached_archive(source, settings)  # type: ignore[arg-type]
     local = local_source(source)
     if local is not None and not source.unverified:
         if not local.is_file():
@@ -772,7 +776,8 @@ def fetch_sources(
 ) -> FetchReport:
     """Make every (package, source) pair available in the distfiles cache.
 
-    Sources without a URL (`file:` sources beside the recipe) are skipped.
+    Sources without a URL (`file:` sources beside the recipe) are skipped;
+    git sources are fetched by iglubuild.gitsource into by-commit/.
     Files already cached are reused without touching the network; the rest
     download in parallel. With `check` (the default) any failure raises
     FetchFailed listing all of them, after the other downloads finished.
@@ -785,7 +790,11 @@ def fetch_sources(
     sharing: dict[Path, list[tuple[str, SourceLike]]] = {}
     primary: dict[Path, Outcome] = {}
     to_download: list[_Job] = []
+    git_items: list[tuple[str, SourceLike]] = []  # fetched by iglubuild.gitsource
     for package, source in items:
+        if getattr(source, "git", None):
+            git_items.append((package, source))
+            continue
         if not getattr(source, "url", None):
             continue
         sums = expected_sums(source)
@@ -847,6 +856,11 @@ def fetch_sources(
             else:
                 _link_name(distfiles, source_name(source), entry)
                 report.add(Outcome(package, source_name(source), "reused", path=entry))
+    if git_items:
+        from iglubuild.gitsource import fetch_git_sources
+
+        for outcome in fetch_git_sources(git_items, settings, options):  # type: ignore[arg-type]
+            report.add(outcome)
     report.seconds = time.monotonic() - start
     if check:
         report.raise_if_failed()

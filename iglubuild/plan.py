@@ -5,7 +5,8 @@ artifact:
 
 - ``recipe``: the bytes of its recipe.yaml;
 - ``sources``: the checksum (or, for an unverified source, the URL) and file
-  name of every remote source, in recipe order;
+  name of every remote source, in recipe order; for a git source its
+  commit;
 - ``files``: the bytes of every patch and every ``file:`` source beside the
   recipe, with their names, in recipe order;
 - ``toolchain``: the executor's toolchain id (a string handed in);
@@ -129,6 +130,13 @@ def package_inputs(loaded: Any, toolchain_id: str, dep_signatures: Mapping[str, 
     for src in recipe.sources:
         if getattr(src, "file", None):
             files.append(["file", src.file, _file_digest(loaded.dir / src.file)])
+            continue
+        if getattr(src, "git", None):
+            # A commit id pins the tree as a checksum pins a tarball (a new
+            # clone URL for the same commit changes nothing); without one
+            # (unverified, fetch refuses it) the URL is all we know.
+            commit = getattr(src, "commit", None)
+            remote.append(["", f"git:{commit}" if commit else "url:" + str(src.git)])
             continue
         if getattr(src, "sha512", None):
             checksum = "sha512:" + src.sha512

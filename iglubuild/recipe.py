@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -48,10 +49,21 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~]*$")
 HEX_RE = re.compile(r"^[0-9a-f]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
+GIT_SCHEMES = ("https://", "http://", "git://")
 KNOWN_OPTIONS = ("no-check", "no-distcc", "no-parallel")
 SUBPACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+._]*$")
 MAX_VALUE_LENGTH = 65536
 URL_FIELDS = ("name", "version", "version_underscore", "version_major", "version_minor")
+
+def git_repo_name(url: str) -> str:
+    """The repository's name in a clone URL: https://github.com/iglunix/init.git -> init.
+
+    Mirrors hold a git source as git/<repo name>.bundle or git/<repo name>.git.
+    """
+    last = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    name = last.removesuffix(".git")
+    return name if NAME_RE.match(name.lower()) and "://" not in name else ""
+
 
 def _check_name(value: str, what: str = "package name") -> str:
     if not NAME_RE.match(value):
@@ -72,12 +84,27 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(
 OptionName = Annotated[StrictStr, AfterValidator(_check_option)]
 
 
+# What the validators below enforce, for editors reading `iglubuild schema`:
+# exactly one of url, file and git; a git source pinned by commit (or marked
+# unverified, like a url source without a checksum).
+_SOURCE_SCHEMA: dict[str, Any] = {
+    "oneOf": [{"required": ["url"]}, {"required": ["file"]}, {"required": ["git"]}],
+    "if": {"required": ["git"]},
+    "then": {"anyOf": [{"required": ["commit"]}, {"required": ["unverified"]}],
+             "not": {"anyOf": [{"required": ["sha256"]}, {"required": ["sha512"]},
+                               {"required": ["filename"]}]}},
+    "else": {"not": {"anyOf": [{"required": ["commit"]}, {"required": ["tag"]}]}},
+}
+
+
 class Source(BaseModel):
-    """One source: a remote `url` with a checksum, or a `file` beside the recipe."""
+    """One source: a remote `url` with a checksum, a `git` repository pinned by
+    `commit`, or a `file` beside the recipe."""
 
     # defer_build: the validators are made on the first validation, not at import;
     # a run served from the parsed-recipe cache only unpickles and never pays for them.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              json_schema_extra=_SOURCE_SCHEMA)
 
     url: StrictStr | None = None
     file: StrictStr | None = None
@@ -88,11 +115,29 @@ class Source(BaseModel):
     )
     unverified: StrictStr | None = Field(
         default=None,
-        description="why no checksum is given yet; fetch refuses such a source",
+        description="why no checksum (or commit) is given yet; fetch refuses such a source",
     )
     size: StrictInt | None = Field(
         default=None, ge=1, description="exact size in bytes; a bigger download is cut off"
     )
+    git: StrictStr | None = Field(
+        default=None,
+        description="a git clone URL (https, http or git); the source is the tree at `commit`",
+    )
+    commit: StrictStr | None = Field(
+        default=None,
+        description="the 40-hex commit id a git source is pinned to (`iglubuild checksum` "
+                    "writes it from `tag`)",
+        json_schema_extra={"pattern": "^[0-9a-f]{40}$"},
+    )
+    tag: StrictStr | None = Field(
+        default=None,
+        description="the upstream tag of `commit` (may use {version}); checked on fetch, "
+                    "resolved by `iglubuild checksum`",
+    )
+    # The archive of a git source unpacks to <name>-<version>/ of its recipe;
+    # the loader sets it (as it expands URLs), fetch reads it.
+    _archive_prefix: str = PrivateAttr(default="")
 
     @field_validator("sha256", "sha512")
     @classmethod
@@ -110,6 +155,34 @@ class Source(BaseModel):
             raise ValueError(f"unsupported URL {v!r}: expected http, https, ftp or file")
         return v
 
+    @field_validator("git")
+    @classmethod
+    def _git(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(GIT_SCHEMES):
+            raise ValueError(f"unsupported git URL {v!r}: expected https, http or git "
+                             "(file:// is for mirrors only)")
+        if v is not None and not git_repo_name(v):
+            raise ValueError(f"git URL {v!r} names no repository")
+        return v
+
+    @field_validator("commit")
+    @classmethod
+    def _commit(cls, v: str | None) -> str | None:
+        if v is not None and not (len(v) == 40 and HEX_RE.match(v)):
+            raise ValueError(f"commit must be 40 lowercase hex digits (the full commit id), "
+                             f"got {v!r}")
+        return v
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        # What `git check-ref-format` refuses, so a tag is always one ref name.
+        if v is not None and (not v or v.startswith(("-", "/", ".")) or v.endswith(
+                (".", "/", ".lock")) or ".." in v or "//" in v or "@{" in v
+                or re.search(r"[\x00-\x20\x7f~^:?*\[\\]", v)):
+            raise ValueError(f"invalid tag {v!r}: not a git ref name")
+        return v
+
     @field_validator("filename", "file")
     @classmethod
     def _plain_name(cls, v: str | None, info: ValidationInfo) -> str | None:
@@ -123,8 +196,17 @@ class Source(BaseModel):
 
     @model_validator(mode="after")
     def _kind(self) -> Source:
-        if (self.url is None) == (self.file is None):
-            raise ValueError("a source needs exactly one of url or file")
+        if sum(x is not None for x in (self.url, self.file, self.git)) != 1:
+            raise ValueError("a source needs exactly one of url, file or git")
+        if self.git is None and (self.commit is not None or self.tag is not None):
+            raise ValueError("commit and tag belong to git sources (git: URL)")
+        if self.git is not None:
+            if self.sha256 or self.sha512 or self.filename:
+                raise ValueError("a git source is pinned by commit: it takes no sha256, "
+                                 "sha512 or filename")
+            # A git source without commit is reported by _content_checks,
+            # which knows the recipe's name for the hint.
+            return self
         if self.url is not None and not self.url.startswith("file://"):
             if not (self.sha256 or self.sha512 or self.unverified):
                 raise ValueError(
@@ -135,11 +217,20 @@ class Source(BaseModel):
 
     @property
     def is_remote(self) -> bool:
-        return self.url is not None
+        return self.url is not None or self.git is not None
+
+    @property
+    def archive_prefix(self) -> str:
+        """The top folder of a git source's archive: <name>-<version> of its recipe."""
+        return self._archive_prefix or (git_repo_name(self.git) if self.git else "")
 
     @property
     def display_name(self) -> str:
         """The file name used in mirrors and the distfiles cache."""
+        if self.git:
+            # The archive written from the commit (a readable link in the cache).
+            short = f"-{self.commit[:12]}" if self.commit else ""
+            return f"{git_repo_name(self.git)}{short}.tar"
         if self.filename:
             return self.filename
         if self.url:
@@ -470,7 +561,7 @@ _FIELD_HINTS = {
     "deps": "expected a list of package names, e.g. deps: [openssl, zlib-ng]",
     "makedeps": "expected a list of package names, e.g. makedeps: [bmake]",
     "gnu": "expected a list of tool names, e.g. gnu: [gmake]",
-    "sources": "expected a list of {url, sha256} or {file} entries",
+    "sources": "expected a list of {url, sha256}, {git, commit} or {file} entries",
     "patches": "expected a list of patch file names beside the recipe",
     "options": "expected a list, e.g. options: [no-check]",
     "subpackages": "expected a mapping of sub-package name to a list of globs",
@@ -479,6 +570,7 @@ _FIELD_HINTS = {
     "release": "a positive integer, e.g. release: 1",
     "sha256": "quote checksums that YAML could read as a number: sha256: '0123...'",
     "sha512": "quote checksums that YAML could read as a number: sha512: '0123...'",
+    "commit": "the full commit id, as `git rev-parse TAG^{commit}` prints it (quote it)",
 }
 
 _ALL_FIELDS = tuple(Recipe.model_fields)
@@ -624,12 +716,40 @@ def outside_problem(lr: LoadedRecipe, loc: tuple[str | int, ...], what: str,
                       "or a path out of its folder")
 
 
+def _git_checks(lr: LoadedRecipe, i: int, src: Source) -> tuple[Source, list[Problem]]:
+    """A git source is pinned by its commit; expands {version} in its tag."""
+    r = lr.recipe
+    problems = []
+    if src.commit is None and src.unverified is None:
+        problems.append(lr.problem(
+            ("sources", i),
+            "a git source needs commit: (40 hex digits); a tag or branch alone is not a pin",
+            f"run `iglubuild checksum {r.name}` to write the commit of its tag"))
+    tag = src.tag
+    if tag is not None:
+        try:
+            tag = _expand(tag, r)
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(lr.problem(
+                ("sources", i, "tag"), f"cannot expand tag {src.tag!r}: unknown field {exc}",
+                "known fields: " + ", ".join("{" + f + "}" for f in URL_FIELDS)))
+            tag = src.tag
+    out = src.model_copy(update={"tag": tag})
+    out._archive_prefix = f"{r.name}-{r.version}"
+    return out, problems
+
+
 def _content_checks(lr: LoadedRecipe) -> tuple[Recipe, list[Problem]]:
     """Checks that depend on the file's content only; expands source URLs."""
     r = lr.recipe
     problems = []
     sources = []
     for i, src in enumerate(r.sources):
+        if src.git is not None:
+            src, git_problems = _git_checks(lr, i, src)
+            problems.extend(git_problems)
+            sources.append(src)
+            continue
         if src.url is None:
             sources.append(src)
             continue
@@ -704,7 +824,7 @@ def _long_values(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 class _Cache:
     """Parsed recipes keyed by the sha256 of their text (validated content only)."""
 
-    VERSION = 1
+    VERSION = 3  # 2: sources may be git (commit, tag); 3: size: and path checks
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

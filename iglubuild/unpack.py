@@ -472,7 +472,11 @@ def prepare_source(loaded_recipe: Any, settings: Settings, workdir: Path) -> Pat
             top = unpack_archive(path, staging, name=name,
                                  limits=UnpackLimits.from_settings(settings))
             if top is not None:
-                placed = _move_in(top, tmp, name)
+                # A git archive's top folder is named for the recipe that first
+                # cached its commit (by-commit/ is shared): name it for this one.
+                own = (f"{recipe.name}-{recipe.version}" if getattr(source, "git", None)
+                       else None)
+                placed = _move_in(top, tmp, name, own)
                 staging.rmdir()
             else:
                 folder = (f"{recipe.name}-{recipe.version}" if srcdir is None

@@ -75,7 +75,7 @@ CASES: dict[str, tuple[dict[str, str | bytes], str, int, int, str]] = {
     "url-and-file": ({"base/a/recipe.yaml":
                       "name: a\nversion: 1\nsources:\n  - url: https://x/a.tgz\n"
                       f"    file: a.conf\n    sha256: {SHA}\n", "base/a/a.conf": "x"},
-                     "base/a/recipe.yaml", 4, 5, "exactly one of url or file"),
+                     "base/a/recipe.yaml", 4, 5, "exactly one of url, file or git"),
     "bad-expansion": ({"base/a/recipe.yaml":
                        "name: a\nversion: 1\nsources:\n  - url: https://x/a-{ver}.tgz\n"
                        f"    sha256: {SHA}\n"},

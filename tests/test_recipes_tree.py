@@ -69,3 +69,56 @@ def test_every_checksum_is_the_distfile_checksum() -> None:
                 lr.recipe.version.lstrip("R") == tsv[name]["version"].lstrip("R"), lr.name
             checked += 1
     assert checked >= 20
+
+
+def _git_tsv() -> dict[str, dict[str, str]] | None:
+    if DISTFILES is None or not (DISTFILES / "GIT.tsv").is_file():
+        return None
+    with (DISTFILES / "GIT.tsv").open() as f:
+        return {row["package"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+def _git_sources() -> list[tuple[str, str, object]]:
+    """(recipe name, version, source) of every pinned git source in the tree."""
+    tree = load_tree(RECIPES)
+    return [(lr.name, lr.recipe.version, src) for lr in tree for src in lr.recipe.sources
+            if src.git and not src.unverified]
+
+
+@pytest.mark.skipif(_git_tsv() is None, reason="shared distfiles (GIT.tsv) not present")
+def test_every_git_commit_is_the_bundles_commit() -> None:
+    """Each git source is GIT.tsv's: clone URL, tag, commit, and a bundle named for the repo."""
+    from iglubuild.recipe import git_repo_name
+
+    rows = _git_tsv()
+    assert rows is not None
+    checked = 0
+    for name, version, src in _git_sources():
+        row = rows.get(name)
+        assert row is not None, f"{name}: no bundle for it in GIT.tsv"
+        assert src.git == row["upstream_repo"], name  # type: ignore[attr-defined]
+        assert src.commit == row["commit"], name  # type: ignore[attr-defined]
+        assert src.tag == row["tag"], name  # type: ignore[attr-defined]
+        # Recipe versions have no '-': kernel-headers' 4.19.88-2 is 4.19.88_2.
+        assert version.replace("_", "-") == row["version"], name
+        bundle = DISTFILES / row["bundle"]  # type: ignore[operator]
+        assert bundle.is_file() and bundle.name == \
+            f"{git_repo_name(src.git)}.bundle", name  # type: ignore[attr-defined]
+        checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_git_tsv() is None, reason="shared distfiles (GIT.tsv) not present")
+def test_every_git_commit_is_in_its_bundle(tmp_path: Path) -> None:
+    """Fetch each pinned commit from the shared bundles for real: the commit is
+    there, passes fsck, and the bundle's tag still points at it."""
+    from iglubuild.fetch import FetchOptions, fetch_sources
+    from iglubuild.settings import Settings
+
+    assert DISTFILES is not None
+    settings = Settings(build_dir=tmp_path / "build", distfiles=tmp_path / "distfiles",
+                        mirrors=(DISTFILES.as_uri(),))
+    items = [(name, src) for name, _, src in _git_sources()]
+    report = fetch_sources(items, settings, FetchOptions(progress=False))  # type: ignore[arg-type]
+    assert len(report.downloaded) + len(report.reused) == len(items) >= 1

@@ -29,10 +29,12 @@ if TYPE_CHECKING:  # the CLI imports every verb at start-up: load these only whe
     from ruamel.yaml.comments import CommentedMap
 
     from iglubuild.fetch import Downloader
-    from iglubuild.recipe import Recipe
+    from iglubuild.gitsource import GitFetcher
+    from iglubuild.recipe import Recipe, Source
 
 NAME = "checksum"
-HELP = "download sources and write their sha256 into recipe.yaml (keeps comments)"
+HELP = ("download sources and write their sha256 (git: the commit of their tag) into "
+        "recipe.yaml (keeps comments)")
 
 PENDING = "checksum pending"  # placeholder used only in memory, never written
 
@@ -48,18 +50,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("checksum downloads the sources, so it cannot run with --offline",
                          hint="drop --offline, or add a file:// mirror holding the files")
     from iglubuild.fetch import Downloader, FetchFailed, FetchOptions
+    from iglubuild.gitsource import GitFetcher
 
     paths = _recipe_paths(settings.recipes, args.names)
     downloader = Downloader(settings, FetchOptions(parallel=1))
+    git = GitFetcher(settings, FetchOptions(parallel=1))
     problems: list[str] = []
     try:
         for path in paths:
-            problems += checksum_recipe(path, settings, downloader, update=args.update)
+            problems += checksum_recipe(path, settings, downloader, update=args.update, git=git)
     finally:
         downloader.close()
     if problems:
         hint = None
-        if any("checksum mismatch" in p for p in problems):
+        if any("checksum mismatch" in p or "commit mismatch" in p for p in problems):
             hint = ("check why upstream changed; `iglubuild checksum --update "
                     + " ".join(args.names) + "` accepts the new files")
         raise FetchFailed(problems, hint)
@@ -170,7 +174,8 @@ def _set_checksum(item: CommentedMap, algo: str, value: str) -> None:
     elif "unverified" in item:
         item.insert(keys.index("unverified"), algo, value)
     else:
-        after = "url" if "url" in item else keys[-1]
+        # sha256 after url; commit after tag (or git): git, tag, commit.
+        after = next((k for k in ("url", "tag", "git") if k in item), keys[-1])
         item.insert(keys.index(after) + 1, algo, value)
         if list(item)[-1] == algo:
             _move_trailing(item, after, algo, keep_eol=True)
@@ -196,14 +201,18 @@ def _validated(path: Path, text: str) -> Recipe:
     recipe, problems = parse_recipe_text(path, text)
     if recipe is not None:
         return recipe
-    if problems and all("needs sha256 or sha512" in p.message for p in problems):
+    if problems and all("needs sha256 or sha512" in p.message
+                        or "a git source needs commit" in p.message for p in problems):
         # Exactly what this command fixes: validate a copy in which those
-        # sources are marked pending, so their URLs can be expanded.
+        # sources are marked pending, so their URLs (and tags) can be expanded.
         yaml = _yaml(text)
         data = yaml.load(text)
         for item in data.get("sources") or []:
             if isinstance(item, dict) and "url" in item and not (
                     item.get("sha256") or item.get("sha512") or item.get("unverified")):
+                item["unverified"] = PENDING
+            if isinstance(item, dict) and "git" in item and not (
+                    item.get("commit") or item.get("unverified")):
                 item["unverified"] = PENDING
         recipe, _ = parse_recipe_text(path, _dump(yaml, data))
         if recipe is not None:
@@ -215,13 +224,15 @@ def _validated(path: Path, text: str) -> Recipe:
 
 
 def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
-                    update: bool = False) -> list[str]:
+                    update: bool = False, git: GitFetcher | None = None) -> list[str]:
     """Download each remote source of one recipe and write/verify its checksum.
 
+    A git source gets the commit its `tag` points to (see `_git_commit`).
     Returns the problems (download failures, mismatches without `update`);
     the recipe file is rewritten only if a checksum was added or replaced.
     """
     from iglubuild.fetch import source_name, store
+    from iglubuild.gitsource import GitFetcher
     from iglubuild.recipe import parse_recipe_text
 
     text = path.read_text(encoding="utf-8")
@@ -232,6 +243,12 @@ def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
     problems: list[str] = []
     changed = False
     for index, source in enumerate(recipe.sources):
+        if source.git is not None:
+            git = git or GitFetcher(settings)
+            found, wrote = _git_commit(recipe.name, source, items[index], git, update=update)
+            problems += found
+            changed = changed or wrote
+            continue
         if source.url is None:
             continue
         item = items[index]
@@ -277,3 +294,47 @@ def checksum_recipe(path: Path, settings: Settings, downloader: Downloader, *,
             raise RecipeError(after_problems)
         write_atomic(path, new_text, stat.S_IMODE(path.stat().st_mode))
     return problems
+
+
+def _git_commit(name: str, source: Source, item: CommentedMap, git: GitFetcher, *,
+                update: bool) -> tuple[list[str], bool]:
+    """Write or verify the `commit:` of a git source; returns (problems, changed).
+
+    The commit is what `tag` points to upstream (else in a mirror's bundle or
+    bare repository). It is written only once it was fetched and checked (fsck)
+    into the distfiles cache, so the next `fetch` reuses it. Without a tag the
+    given commit is only fetched and checked.
+    """
+    old = item.get("commit")
+    label = f"{name}: {source.git}"
+    if source.tag:
+        try:
+            new, where = git.resolve_tag(source)
+        except FetchError as exc:
+            return [f"{label}: {exc.message}"], False
+        if old is not None and str(old) != new and not update:
+            return [f"{label}: commit mismatch: the recipe has commit {old}, tag {source.tag} "
+                    f"at {where} points to {new}"], False
+    elif old is None:
+        return [f"{label}: no commit and no tag: to find it from"], False
+    else:
+        new, where = str(old), ""
+    pinned = source.model_copy(update={"commit": new, "unverified": None})
+    pinned._archive_prefix = source.archive_prefix
+    try:
+        fetched, _ = git.fetch(pinned)
+    except FetchError as exc:
+        return [f"{label}: {exc.message}"], False
+    origin = f" (tag {source.tag} from {where})" if where else ""
+    if old is None:
+        say(f"{label}: commit {new}{origin}")
+    elif str(old) == new:
+        say(f"{label}: commit verified{origin}")
+    else:
+        say(f"{label}: commit changed{origin}\n  old {old}\n  new {new}")
+    if fetched:
+        say(f"{label}: fetched from {fetched}")
+    if old is not None and str(old) == new and "unverified" not in item:
+        return [], False
+    _set_checksum(item, "commit", new)
+    return [], True

@@ -42,7 +42,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     tree, graph = load(settings)
     order = graph.order(args.names or None)
-    items = [(name, src) for name in order for src in tree[name].recipe.sources if src.url]
+    items = [(name, src) for name in order for src in tree[name].recipe.sources
+             if src.is_remote]
     options = FetchOptions(parallel=args.parallel, retries=args.retries)
     report = fetch_sources(items, settings, options, check=False)
     if args.list:

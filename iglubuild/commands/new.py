@@ -12,7 +12,11 @@ HELP = "scaffold a recipe from a tarball URL (version, checksum and build templa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="package name (the recipe folder)")
-    parser.add_argument("--url", required=True, help="the source tarball (http(s):// or file://)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="the source tarball (http(s):// or file://)")
+    source.add_argument("--git", metavar="URL",
+                        help="a git clone URL instead (with --tag): pinned by the tag's commit")
+    parser.add_argument("--tag", help="with --git: the release tag (e.g. v1.2.3)")
     parser.add_argument("--repo", default="base", help="repository folder (default: base)")
     parser.add_argument("--version", dest="pkg_version", metavar="VERSION",
                         help="the version, when the file name does not tell")
@@ -34,8 +38,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                              hint="package names are unique across repos; pass --force to "
                              "overwrite it in place, or choose another name")
         out_dir = existing.parent
-    text, notes = scaffold(args.name, args.url, repo=args.repo, recipes=settings.recipes,
-                           cache=settings.distfiles_dir, version=args.pkg_version)
+    if args.git:
+        from iglubuild.gitscaffold import scaffold_git
+
+        if not args.tag:
+            raise UsageError("--git needs --tag", hint="e.g. --tag v1.2.3 (a release tag)")
+        text, notes = scaffold_git(args.name, args.git, args.tag, repo=args.repo,
+                                   settings=settings, version=args.pkg_version)
+    else:
+        text, notes = scaffold(args.name, args.url, repo=args.repo, recipes=settings.recipes,
+                               cache=settings.distfiles_dir, version=args.pkg_version)
     target = write_new(text, out_dir, force=args.force)
     print(f"wrote {target}")
     for note in notes:
