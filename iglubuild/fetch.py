@@ -846,6 +846,7 @@ def fetch_sources(
     if to_download:
         for job, outcome in zip(to_download, _download_all(to_download, settings, options),
                                 strict=True):
+            assert job.entry is not None  # set for every job that downloads
             primary[job.entry] = outcome
     for entry, outcome in primary.items():
         report.add(outcome)
@@ -882,6 +883,7 @@ def _download_all(jobs: list[_Job], settings: Settings,
             return Outcome(job.package, source_name(job.source), "failed", problem=exc.message)
         finally:
             overall.update(1)
+        assert job.entry is not None
         _link_name(settings.distfiles_dir, source_name(job.source), job.entry)
         return Outcome(job.package, source_name(job.source), "downloaded" if url else "reused",
                        path=job.entry, url=url or None, size=size if url else 0)

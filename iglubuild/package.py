@@ -302,7 +302,7 @@ def pack(root: Path, paths: Sequence[str], info: PackageInfo, out_dir: Path,
         # tables to the input (a level-12 context for an unknown size costs
         # ~80 ms to set up, more than the rest of a small package's build).
         with os.fdopen(fd, "wb") as raw, tempfile.SpooledTemporaryFile(
-            max_size=SPOOL_IN_MEMORY, dir=out_dir
+            max_size=SPOOL_IN_MEMORY, dir=str(out_dir)
         ) as spool:
             with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for e in [head, *ordered]:
@@ -413,7 +413,8 @@ def read_metadata(artifact: Path) -> dict[str, Any]:
         f = tar.extractfile(first)
         assert f is not None
         try:
-            return json.loads(f.read())
+            data: dict[str, Any] = json.loads(f.read())
+            return data
         except json.JSONDecodeError as exc:
             raise PackageError(f"{artifact}: broken {PKGINFO}: {exc}") from exc
 

@@ -142,7 +142,7 @@ class Source(BaseModel):
     @field_validator("sha256", "sha512")
     @classmethod
     def _checksum(cls, v: str | None, info: ValidationInfo) -> str | None:
-        digits = {"sha256": 64, "sha512": 128}[info.field_name]
+        digits = {"sha256": 64, "sha512": 128}[str(info.field_name)]
         if v is not None and not (len(v) == digits and HEX_RE.match(v)):
             raise ValueError(f"{info.field_name} must be {digits} lowercase hex digits, "
                              f"got {len(v)} characters")
@@ -454,9 +454,9 @@ def _decode(path: Path, data: bytes) -> tuple[str | None, Problem | None]:
     bad = _CONTROL_RE.search(text)
     if bad is not None:
         index = bad.start()
-        before = text[:index]
-        line = before.count("\n") + 1
-        col = index - (before.rfind("\n") + 1) + 1
+        text_before = text[:index]
+        line = text_before.count("\n") + 1
+        col = index - (text_before.rfind("\n") + 1) + 1
         return None, Problem(str(path), line, col,
                              f"control character {bad.group()!r} in recipe",
                              "recipes are plain text; is this a binary file?")

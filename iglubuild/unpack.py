@@ -335,13 +335,13 @@ def _extract_zip(path: Path, dest: Path, limits: UnpackLimits) -> None:
                 else:
                     raise checker.refuse(info.filename, "is a device file or FIFO")
             checker.finish()
-            for info, what, target in plan:
+            for info, what, link_target in plan:
                 out = dest / info.filename
                 if what == "dir":
                     out.mkdir(parents=True, exist_ok=True)
                 elif what == "link":
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(target or "", out)
+                    os.symlink(link_target or "", out)
                 else:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
