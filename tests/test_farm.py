@@ -25,6 +25,7 @@ import pytest
 
 from iglubuild import distcc, farm
 from iglubuild.cli import main
+from iglubuild.docker_engine import IMAGE_REPOSITORY, LABEL_TOOLCHAIN
 from iglubuild.elf import read_elf
 from iglubuild.package import install_artifact
 from iglubuild.settings import Settings
@@ -134,8 +135,8 @@ def test_image_is_the_build_root_with_its_clang(toolchain_image, docker_engine):
                                  check=True).stdout.splitlines()[0]
     assert toolchain_image.compiler == local_clang
     image = docker.from_env().images.get(toolchain_image.ref)
-    assert image.labels[docker_engine.LABEL_TOOLCHAIN] == toolchain_image.toolchain_id
-    assert toolchain_image.ref == f"{docker_engine.IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
+    assert image.labels[LABEL_TOOLCHAIN] == toolchain_image.toolchain_id
+    assert toolchain_image.ref == f"{IMAGE_REPOSITORY}:{toolchain_image.toolchain_id}"
 
 
 def test_image_action_saves_and_loads(toolchain_image, root_tarball, docker_engine, tmp_path,
