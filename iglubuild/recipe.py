@@ -261,6 +261,10 @@ class Recipe(BaseModel):
     package: StrictStr | None = None
     subpackages: dict[StrictStr, list[StrictStr]] = {}
     backup: list[StrictStr] = []
+    # Why this recipe is not built here (cmake: its C++ runtime comes from
+    # llvm, which has no source here). `world` leaves it and what needs it
+    # out and says why; `pkg` refuses it.
+    left_out: Annotated[StrictStr, Field(min_length=1, max_length=500)] | None = None
 
     @field_validator("version")
     @classmethod
@@ -824,7 +828,7 @@ def _long_values(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 class _Cache:
     """Parsed recipes keyed by the sha256 of their text (validated content only)."""
 
-    VERSION = 3  # 2: sources may be git (commit, tag); 3: size: and path checks
+    VERSION = 4  # 2: sources may be git (commit, tag); 3: size: and path checks; 4: left_out
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iglubuild.commands._common import load, say
-from iglubuild.errors import FetchError
+from iglubuild.errors import FetchError, UsageError
 from iglubuild.executor import PHASES
 from iglubuild.settings import Settings
 
@@ -62,30 +62,49 @@ def _fetch(settings: Settings, tree: RecipeTree, names: Sequence[str],
     return problems
 
 
-def _unverified(tree: RecipeTree, graph: DepGraph, names: Sequence[str] | None,
-                keep_going: bool) -> list[str] | None:
-    """Leave out packages whose sources nobody has verified yet.
+def _leave_out(tree: RecipeTree, graph: DepGraph, names: Sequence[str] | None,
+               keep_going: bool) -> tuple[list[str] | None, list[str]]:
+    """Leave out what cannot be built here: recipes marked `left_out: why`, and
+    packages whose sources nobody has verified yet.
 
-    Returns the names to build instead of `names` (None: unchanged). Without
-    --keep-going such a package in the closure is an error naming it; with it,
-    it and what needs it are reported and left out, and the rest is built.
+    Returns the names to build instead of `names` (None: unchanged) and the
+    lines that say what was left out and why, for the run's summary. A left-out
+    recipe is a decision written in the recipe, so `world` goes on without it;
+    naming one (or something that needs one) to `pkg` is an error. An
+    unverified source in the closure is an error without --keep-going.
     """
-    closure = set(graph.order(names))
-    unverified = sorted(n for n in closure
+    order = graph.order(names)
+    closure = set(order)
+    declared = {n: tree[n].recipe.left_out for n in order if tree[n].recipe.left_out}
+    unverified = sorted(n for n in closure - set(declared)
                         if any(s.unverified is not None for s in tree[n].recipe.sources))
-    if not unverified:
-        return None
-    if not keep_going:
+    if not declared and not unverified:
+        return None, []
+    if names is not None and declared:
+        first = sorted(declared)[0]
+        needs = sorted(n for n in names if n in graph.dependents(declared) or n in declared)
+        if needs and not keep_going:
+            raise UsageError(
+                f"{', '.join(needs)}: cannot be built here: {first} is left out "
+                f"({declared[first]})",
+                hint=f"its recipe says `left_out:`; remove that line from {first}'s recipe "
+                     "to try, or add --keep-going to build the rest")
+    if unverified and not keep_going:
         raise FetchError(
             f"source not verified: {', '.join(unverified)}",
             hint=f"run `iglubuild checksum {' '.join(unverified)}` where the files are "
                  "reachable, or add --keep-going to build everything else")
-    blocked = sorted((graph.dependents(unverified) & closure) - set(unverified))
-    say(f"not verified (left out): {' '.join(unverified)}")
+    out = set(declared) | set(unverified)
+    blocked = sorted((graph.dependents(out) & closure) - out)
+    lines = [f"left out: {n} ({why})" for n, why in sorted(declared.items())]
+    if unverified:
+        lines.append(f"not verified (left out): {' '.join(unverified)}")
     if blocked:
-        say(f"blocked by them: {' '.join(blocked)}")
-    keep = closure - set(unverified) - set(blocked)
-    return [n for n in graph.order(names) if n in keep]
+        lines.append(f"blocked by them: {' '.join(blocked)}")
+    for line in lines:
+        say(line)
+    keep = closure - out - set(blocked)
+    return [n for n in order if n in keep], lines
 
 
 def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
@@ -119,11 +138,11 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
 
         public_key(settings.signing_key)  # a bad key fails now, not after the builds
     tree, graph = load(settings)
-    selected = _unverified(tree, graph, names, args.keep_going)
+    selected, left_out = _leave_out(tree, graph, names, args.keep_going)
     if selected is not None:
         names = selected
         if not names:
-            say("nothing can be built until those sources are verified")
+            say("nothing can be built here until what is left out can be built")
             return 0
     if not args.dry_run:
         settings, launcher, extra_env = _farm(settings)
@@ -156,6 +175,9 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
     code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=names, force=args.force, keep_going=args.keep_going,
                      dry_run=args.dry_run)
+    if not args.dry_run:
+        for line in left_out:  # again at the end, beside built/failed/blocked
+            say(line)
     packages = settings.packages_dir(target.arch)
     if not args.dry_run and packages.is_dir():
         write_index(packages)

@@ -52,6 +52,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     assert isinstance(graph, DepGraph)
     for name, reason in tree.unverified:
         say(f"warning: {name}: source not verified: {reason}")
+    left_out = sorted((n, lr.recipe.left_out) for n, lr in tree.recipes.items()
+                      if lr.recipe.left_out)
+    for name, reason in left_out:
+        say(f"note: {name}: left out of builds: {reason}")
     extra = f", {len(tree.unverified)} unverified source(s)" if tree.unverified else ""
+    extra += f", {len(left_out)} left out" if left_out else ""
     say(f"{len(tree.recipes)} recipes ok{extra}")
     return 0
