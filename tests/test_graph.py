@@ -157,3 +157,45 @@ def test_implicit_libc_edges(recipes: Path) -> None:
     assert g.build_deps("musl") == ["linux-headers"]
     assert g.build_deps("linux-headers") == []  # musl needs it: no cycle
     assert g.order()[:2] == ["linux-headers", "musl"]
+
+
+def test_memo_answers_the_next_run_without_networkx(recipes: Path, tmp_path: Path) -> None:
+    """`graph` on an unchanged tree reads networkx's earlier answer from the memo;
+    a changed dependency, a damaged memo or another tree is a miss."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    for name, ds in {"musl": [], "zlib": ["musl"], "curl": ["zlib", "musl"]}.items():
+        write_recipe(recipes, name, f"name: {name}\nversion: '1'\ndeps: [{', '.join(ds)}]\n")
+    memo = tmp_path / "graph.json"
+    first = DepGraph(load_tree(recipes), memo_file=memo)
+    assert memo.is_file()
+    again = DepGraph(load_tree(recipes), memo_file=memo)
+    assert again._g is None  # served from the memo: networkx not used
+    assert again.order() == first.order() == ["musl", "zlib", "curl"]
+    assert again.build_deps("curl") == ["musl", "zlib"]
+    assert again.closure(["zlib"]) == {"musl", "zlib"}  # networkx again, on demand
+    # A changed dependency changes the key: the graph is made again.
+    write_recipe(recipes, "zlib", "name: zlib\nversion: '1'\ndeps: []\n")
+    write_recipe(recipes, "musl", "name: musl\nversion: '1'\ndeps: [zlib]\n")
+    changed = DepGraph(load_tree(recipes), memo_file=memo)
+    assert changed._g is not None and changed.order() == ["zlib", "musl", "curl"]
+    # A damaged memo is a miss, not an error, and is replaced.
+    for junk in (b"{not json", b'{"key": 1}', b"\x00" * 10):
+        memo.write_bytes(junk)
+        fresh = DepGraph(load_tree(recipes), memo_file=memo)
+        assert fresh._g is not None and fresh.order() == ["zlib", "musl", "curl"]
+    text = memo.read_text()
+    memo.write_text(text.replace('"curl"', '"nobody"', 1))  # an edge to an unknown node
+    assert DepGraph(load_tree(recipes), memo_file=memo)._g is not None
+    # Through the CLI, the second `graph` imports no networkx.
+    build = tmp_path / "build"
+    argv = [sys.executable, "-X", "importtime", "-m", "iglubuild", "--recipes", str(recipes),
+            "--build-dir", str(build), "graph"]
+    runs = [subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+            for _ in range(2)]
+    assert runs[0].stdout == runs[1].stdout and "curl: musl zlib" in runs[1].stdout
+    assert "networkx" in runs[0].stderr
+    assert "networkx" not in runs[1].stderr

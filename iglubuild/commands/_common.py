@@ -18,8 +18,10 @@ def load(settings: Settings) -> tuple[RecipeTree, DepGraph]:
     from iglubuild.recipe import load_tree
     from iglubuild.target import load_target
 
-    tree = load_tree(settings.recipes, cache_file=settings.build_dir / "cache" / "recipes.pickle")
-    return tree, DepGraph(tree, implicit=load_target().implicit_build_deps)
+    cache = settings.build_dir / "cache"
+    tree = load_tree(settings.recipes, cache_file=cache / "recipes.pickle")
+    return tree, DepGraph(tree, implicit=load_target().implicit_build_deps,
+                          memo_file=cache / "graph.json")
 
 
 def say(message: str) -> None:

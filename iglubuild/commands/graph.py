@@ -27,7 +27,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     else:
         order = graph.order(args.names or None)
     members = set(order)
-    edges = sorted((a, b) for a, b in graph.g.edges if a in members and b in members)
+    edges = [(a, b) for a, b in graph.edges() if a in members and b in members]
     if args.format == "json":
         print(json.dumps({
             "order": order,
