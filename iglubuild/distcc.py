@@ -30,6 +30,7 @@ from iglubuild.run import base_env, require_tool, run
 
 if TYPE_CHECKING:
     from iglubuild.build import Built
+    from iglubuild.runrecord import FarmShare
 
 # The flags every build uses for the musl target; the probe is compiled with
 # them so that the identity covers the code generation builds will get.
@@ -340,6 +341,13 @@ class CompileRecorder:
         """Each package's tally so far (a copy)."""
         with self._lock:
             return dict(self._tallies)
+
+    def shares(self) -> dict[str, FarmShare]:
+        """Each package's tally in the run record's terms (iglubuild.runrecord)."""
+        from iglubuild.runrecord import FarmShare
+
+        return {name: FarmShare(remote=t.remote, local=t.local, hosts=dict(t.hosts))
+                for name, t in self.tallies().items()}
 
     def total(self) -> CompileTally | None:
         """The run's compiles summed over its packages, or None if none went to the farm."""

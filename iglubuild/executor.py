@@ -12,10 +12,17 @@ work folder, sysroot and pkgdir at their host paths, so the phase environment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Protocol
+
+from iglubuild.run import Usage
+
+# usage_sink(package, phase, usage): told what each finished phase's processes
+# used (CPU seconds, peak memory), for the run's report (iglubuild.runrecord).
+UsageSink = Callable[[str, str, Usage], None]
 
 # The phases of one package build, in order (`--from PHASE` resumes at one).
 # Here rather than in build.py so the CLI can offer them without loading the engine.
@@ -87,6 +94,8 @@ class Executor(Protocol):
     name: str
     # Descriptors every phase inherits (the run's make jobserver), set by the engine.
     pass_fds: tuple[int, ...]
+    # Set by the session; an executor that cannot measure a phase never calls it.
+    usage_sink: UsageSink | None
 
     def check(self) -> None:
         """Raise a one-line IglubuildError if this executor cannot run here (root, tools)."""

@@ -149,3 +149,30 @@ def make_progress(total: int, slots: int, stream: IO[str] | None = None) -> Prog
     if stream.isatty():
         return TqdmProgress(total, slots, stream)
     return LineProgress(total, stream)
+
+
+class TeeProgress:
+    """Tells several listeners the same events (the display and the run's recorder)."""
+
+    def __init__(self, *listeners: Progress) -> None:
+        self.listeners = listeners
+
+    def start(self, name: str) -> None:
+        for listener in self.listeners:
+            listener.start(name)
+
+    def phase(self, name: str, phase: str) -> None:
+        for listener in self.listeners:
+            listener.phase(name, phase)
+
+    def finish(self, name: str, outcome: str, seconds: float) -> None:
+        for listener in self.listeners:
+            listener.finish(name, outcome, seconds)
+
+    def tick(self) -> None:
+        for listener in self.listeners:
+            listener.tick()
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()

@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -201,6 +202,37 @@ def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool) -> None:
             proc.send_signal(sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a finished process and the descendants it waited for used (wait4's rusage).
+
+    `cpu_seconds` is user + system time of the whole waited-for tree;
+    `peak_rss_kib` is the largest resident set of any one process in it (the
+    kernel keeps a maximum per process, not a sum over the tree).
+    """
+
+    cpu_seconds: float
+    peak_rss_kib: int
+
+
+def wait_usage(proc: subprocess.Popen[bytes]) -> tuple[int, Usage | None]:
+    """`proc.wait()`, plus the resources its process tree used.
+
+    Reaps with wait4(2) so that the kernel's rusage of the child and its
+    waited-for descendants is not lost. When another thread reaped it first
+    (a `stop` during Ctrl-C), the status is Popen's and the usage None.
+    """
+    try:
+        pid, status, ru = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        return proc.wait(), None
+    if pid != proc.pid:  # pragma: no cover - wait4 on one pid returns that pid
+        return proc.wait(), None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, Usage(cpu_seconds=ru.ru_utime + ru.ru_stime,
+                                  peak_rss_kib=int(ru.ru_maxrss))
 
 
 def which(name: str) -> Path | None:

@@ -9,29 +9,36 @@ the plan, the shared jobserver and the phase callback and returns the
     def make_builder(ctx: BuildContext) -> Builder:
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase)
+        executor.usage_sink = ctx.on_usage
         return Builder(engine.build_one, [executor.terminate])
 
     return run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=args.names, force=args.force, keep_going=args.keep_going,
-                     dry_run=args.dry_run)
+                     dry_run=args.dry_run, command="world", executor=executor.name)
+
+Every run that builds something leaves a record of its timeline in
+`<build-dir>/reports/` (iglubuild.runrecord); the summary names it.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 from iglubuild.errors import EXIT_OK
+from iglubuild.executor import UsageSink
 from iglubuild.graph import DepGraph
 from iglubuild.jobserver import Jobserver
 from iglubuild.lock import BuildDirLock
 from iglubuild.plan import Plan, StateStore, make_plan
-from iglubuild.progress import Progress, make_progress
+from iglubuild.progress import Progress, TeeProgress, make_progress
 from iglubuild.recipe import RecipeTree
+from iglubuild.runrecord import FarmShare, RunRecorder
 from iglubuild.scheduler import BuildOne, Summary, run_plan
 from iglubuild.settings import Settings
 from iglubuild.stale import clean_stale
@@ -44,6 +51,7 @@ class BuildContext:
     plan: Plan  # plan.packages[name].signature goes into artifact metadata
     jobserver: Jobserver  # .env() into the phase environment, .pass_fds to Popen
     on_phase: Callable[[str, str], None]  # on_phase(name, phase) at each phase change
+    on_usage: UsageSink | None = None  # the executor's usage_sink: the run's record
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class Builder:
     build_one: BuildOne
     terminators: Sequence[Callable[[], None]] = ()
     summary: Callable[[], Sequence[str]] | None = None
+    # Each package's share of the farm's compiles, for the run's record.
+    farm_shares: Callable[[], Mapping[str, FarmShare]] | None = None
 
 
 def run_build(
@@ -67,10 +77,14 @@ def run_build(
     force: Iterable[str] = (),
     keep_going: bool = False,
     dry_run: bool = False,
+    command: str = "build",
+    executor: str = "host",
     out: IO[str] | None = None,
     err: IO[str] | None = None,
 ) -> int:
     """Build the closure of `names` (everything if None); return the exit code.
+
+    `command` and `executor` are written into the run's record.
 
     Raises LockError if another iglubuild uses the build dir, and
     KeyboardInterrupt (exit 130 at the CLI) after a clean stop on Ctrl-C or
@@ -90,17 +104,47 @@ def run_build(
         if not todo:
             print(f"nothing to do: {len(plan.packages)} package(s) up to date", file=err)
             return EXIT_OK
-        with Jobserver(settings.jobs) as jobserver, _sigterm_as_interrupt():
-            progress: Progress = make_progress(len(todo), settings.jobs, err)
-            builder = make_builder(BuildContext(plan, jobserver, progress.phase))
-            summary = run_plan(plan, builder.build_one, jobs=settings.jobs, state=state,
-                               jobserver=jobserver, progress=progress,
-                               terminators=builder.terminators, keep_going=keep_going)
+        recorder = RunRecorder(settings.build_dir / "reports", command=command,
+                               jobs=settings.jobs, executor=executor,
+                               edges=plan.build_edges(), up_to_date=plan.up_to_date())
+        builder: Builder | None = None
+        summary: Summary | None = None
+        try:
+            with Jobserver(settings.jobs) as jobserver, _sigterm_as_interrupt():
+                progress: Progress = TeeProgress(
+                    make_progress(len(todo), settings.jobs, err), recorder)
+                builder = make_builder(BuildContext(plan, jobserver, progress.phase,
+                                                    recorder.usage))
+                summary = run_plan(plan, builder.build_one, jobs=settings.jobs, state=state,
+                                   jobserver=jobserver, progress=progress,
+                                   terminators=builder.terminators, keep_going=keep_going)
+        finally:
+            saved = _save_record(recorder, summary, builder, err)
         report(summary, err)
         if builder.summary is not None:
             for line in builder.summary():
                 print(line, file=err)
+        if saved is not None:
+            print(f"report: {saved} (iglubuild report for the page)", file=err)
         return summary.exit_code
+
+
+def _save_record(recorder: RunRecorder, summary: Summary | None, builder: Builder | None,
+                 err: IO[str]) -> Path | None:
+    """Write the run's record; a record that cannot be written costs a warning, not the run."""
+    farm = builder.farm_shares() if builder is not None and builder.farm_shares else None
+    if summary is None:
+        record = recorder.record(outcome="interrupted", farm=farm)
+    else:
+        record = recorder.record(
+            outcome="ok" if summary.ok else "failed", blocked=summary.blocked,
+            not_started=summary.not_started, critical_path=summary.critical_path,
+            critical_path_seconds=summary.critical_path_seconds, farm=farm)
+    try:
+        return recorder.save(record)
+    except OSError as exc:
+        print(f"warning: the run's record was not written: {exc}", file=err)
+        return None
 
 
 def report(summary: Summary, err: IO[str]) -> None:

@@ -78,8 +78,9 @@ def test_builder_summary_lines_follow_the_summary(tree_dir: Path, tmp_path: Path
                      out=io.StringIO(), err=err)
     assert code == 0
     lines = err.getvalue().splitlines()
-    assert lines[-1] == "farm: 3 of 4 compiles remote"
-    assert lines[-2].startswith("critical path") and calls == [1]
+    assert lines[-1].startswith("report: ") and lines[-1].endswith("(iglubuild report for the page)")
+    assert lines[-2] == "farm: 3 of 4 compiles remote"
+    assert lines[-3].startswith("critical path") and calls == [1]
 
 
 def test_builder_gets_the_jobserver_environment(tree_dir: Path, tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         from iglubuild.xbps import public_key
 
         public_key(settings.signing_key)  # a bad key fails now, not after the builds
+    command = "world" if names is None else "pkg"
     tree, graph = load(settings)
     selected, left_out = _leave_out(tree, graph, names, args.keep_going)
     if selected is not None:
@@ -163,6 +164,7 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
                         from_phase=args.from_phase, launcher=launcher, extra_env=extra_env,
                         steps=[compiles] if compiles is not None else [])
+        executor.usage_sink = ctx.on_usage
 
         def build_one(name: str) -> list[Path]:
             if name in unfetched:
@@ -170,11 +172,13 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
             return engine.build_one(name)
 
         return Builder(build_one, [executor.terminate],
-                       summary=compiles.summary_lines if compiles is not None else None)
+                       summary=compiles.summary_lines if compiles is not None else None,
+                       farm_shares=compiles.shares if compiles is not None else None)
 
     code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
                      names=names, force=args.force, keep_going=args.keep_going,
-                     dry_run=args.dry_run)
+                     dry_run=args.dry_run, command=command,
+                     executor=executor.name)
     if not args.dry_run:
         for line in left_out:  # again at the end, beside built/failed/blocked
             say(line)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from iglubuild.errors import BuildError
-from iglubuild.executor import Mount, PhaseJob
+from iglubuild.executor import Mount, PhaseJob, UsageSink
 from iglubuild.executors import PhaseProcesses, check_phase_folders
 from iglubuild.executors.sandbox import (
     SHELL,
@@ -27,6 +27,7 @@ from iglubuild.executors.sandbox import (
     sandbox_argv,
     write_spec,
 )
+from iglubuild.run import wait_usage
 from iglubuild.settings import Settings
 
 log = logging.getLogger("iglubuild.executors.chroot")
@@ -48,6 +49,7 @@ class ChrootExecutor:
         # the host executor). They stay open through setpriv, unshare and our
         # init, so make in the chroot takes the run's tokens instead of -j1.
         self.pass_fds: tuple[int, ...] = ()
+        self.usage_sink: UsageSink | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, manifest: Path | None = None) -> ChrootExecutor:
@@ -123,7 +125,9 @@ class ChrootExecutor:
                                     new_session=not interactive) as proc:
                 if proc is None:
                     return -signal.SIGTERM
-                rc = proc.wait()
+                rc, usage = wait_usage(proc)
+            if usage is not None and self.usage_sink is not None:
+                self.usage_sink(job.package, job.phase, usage)
             # The init writes the phase's own status (so a phase killed by a
             # signal is told from one that exits 128+N); without it the init
             # itself was killed and unshare's status is all there is.

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from iglubuild.errors import BuildError, ToolMissingError
-from iglubuild.executor import Mount, MountKind, PhaseJob
+from iglubuild.executor import Mount, MountKind, PhaseJob, UsageSink
 
 # The same host name as the chroot executor. (With host networking Docker keeps
 # the machine's UTS namespace, so the container's hostname is set explicitly.)
@@ -128,6 +128,8 @@ class DockerExecutor:
         # the host executor). They cannot be inherited by a container, but the
         # jobserver is a named FIFO: each phase opens it again at these numbers.
         self.pass_fds: tuple[int, ...] = ()
+        # Never called: a container's cgroup is gone by the time its phase ends.
+        self.usage_sink: UsageSink | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, manifest: Path | None = None) -> DockerExecutor:

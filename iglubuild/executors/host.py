@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import IO
 
 from iglubuild.errors import ToolMissingError
-from iglubuild.executor import PhaseJob
+from iglubuild.executor import PhaseJob, UsageSink
 from iglubuild.executors import PhaseProcesses
 from iglubuild.executors.sandbox import sandbox_argv, write_spec
-from iglubuild.run import require_tool, run, which
+from iglubuild.run import require_tool, run, wait_usage, which
 from iglubuild.target import Target, load_target
 
 log = logging.getLogger("iglubuild.executors.host")
@@ -45,6 +45,7 @@ class HostExecutor:
         # Descriptors every phase inherits: the shared make jobserver's pipe
         # (iglubuild.jobserver); Popen closes all others.
         self.pass_fds = pass_fds
+        self.usage_sink: UsageSink | None = None
         if isolated is None:
             isolated = _can_unshare()
         self.isolated = isolated
@@ -105,7 +106,10 @@ class HostExecutor:
                                 stderr=subprocess.STDOUT, pass_fds=self.pass_fds) as proc:
             if proc is None:
                 return -signal.SIGTERM
-            return proc.wait()
+            rc, usage = wait_usage(proc)
+        if usage is not None and self.usage_sink is not None:
+            self.usage_sink(job.package, job.phase, usage)
+        return rc
 
     def terminate(self) -> None:
         """SIGTERM every running phase's process group, SIGKILL what outlives the grace."""
