@@ -10,8 +10,9 @@ record matters most. The run's summary names the file.
 
 - Lanes are job slots: a package takes the lowest free lane when it starts,
   so the lanes show how the scheduler filled its slots, and gaps are idle.
-- `ready` is when a package's last dependency of this run finished;
-  `start - ready` is what it waited for a slot (or a jobserver token).
+- `ready` is when a package's last dependency of this run finished (or the
+  first package started, if it has none); `start - ready` is what it waited
+  for a slot (or a jobserver token).
 - Times are seconds since the run began (one monotonic clock); the wall
   clock of the start is kept once, as UTC.
 - Everything that grows has a limit: load samples are thinned (every other
@@ -156,6 +157,7 @@ class RunRecorder:
         self._edges = {n: list(d) for n, d in edges.items()}
         self._open: dict[str, _Open] = {}
         self._done: dict[str, PackageRecord] = {}
+        self._first_start: float | None = None
         self._free = list(range(1, max(1, jobs) + 1))
         self._meta = dict(command=command, jobs=jobs, executor=executor, farm=farm,
                           cpus=os.cpu_count() or 1)
@@ -179,7 +181,9 @@ class RunRecorder:
         with self._lock:
             lane = self._free.pop(0) if self._free else len(self._open) + 1
             self._free.sort()
-            ready, waited_for = 0.0, None
+            if self._first_start is None:
+                self._first_start = now  # the scheduler began: nothing waits before this
+            ready, waited_for = self._first_start, None
             for dep in self._edges.get(name, ()):
                 done = self._done.get(dep)
                 if done is not None and done.end >= ready:

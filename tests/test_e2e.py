@@ -90,6 +90,27 @@ def test_world_builds_every_verified_recipe_and_boots(world) -> None:  # type: i
     assert (build / "logs" / "boot.log").is_file()
 
 
+def test_world_leaves_a_report_of_its_timeline(world) -> None:  # type: ignore[no-untyped-def]
+    """`iglubuild report` after world: the record of every built package, and the page."""
+    build, proc = world
+    assert "report: " in proc.stderr
+    text = _iglubuild(build, "report", "--format", "text", timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("run ") and ": world, ok," in text.stdout.splitlines()[0]
+    assert "critical path" in text.stdout and "musl" in text.stdout
+    record = json.loads(_iglubuild(build, "report", "--format", "json", timeout=120).stdout)
+    built = {p["name"] for p in record["packages"] if p["outcome"] == "built"}
+    assert {"musl", "mksh", "openssl", "curl", "expat"} <= built
+    musl = next(p for p in record["packages"] if p["name"] == "musl")
+    compile_step = next(s for s in musl["phases"] if s["name"] == "build")
+    # musl's build is minutes of clang: the measured CPU time must show it.
+    assert compile_step["cpu_seconds"] > 10 and compile_step["peak_rss_kib"] > 10 * 1024
+    page = _iglubuild(build, "report", timeout=120)
+    assert page.returncode == 0, page.stderr
+    html = Path(page.stdout.strip().removeprefix("file://")).read_text()
+    assert all(f'data-package="{name}"' in html for name in built)
+
+
 def test_built_curl_fetches_from_loopback(world, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     build, proc = world
     assert proc.returncode == 0

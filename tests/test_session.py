@@ -78,7 +78,8 @@ def test_builder_summary_lines_follow_the_summary(tree_dir: Path, tmp_path: Path
                      out=io.StringIO(), err=err)
     assert code == 0
     lines = err.getvalue().splitlines()
-    assert lines[-1].startswith("report: ") and lines[-1].endswith("(iglubuild report for the page)")
+    assert lines[-1].startswith("report: ")
+    assert lines[-1].endswith("(iglubuild report for the page)")
     assert lines[-2] == "farm: 3 of 4 compiles remote"
     assert lines[-3].startswith("critical path") and calls == [1]
 
@@ -138,6 +139,12 @@ def test_sigterm_stops_like_ctrl_c(tree_dir: Path, tmp_path: Path) -> None:
         assert proc.returncode == 130, err
         assert not (build_dir / "out" / ".zlib.pkg.tmp").exists()
         assert not (build_dir / "state" / "zlib.json").exists()
+        # The run's record is written on the way out, zlib in it as interrupted.
+        [saved] = (build_dir / "reports").glob("*.json")
+        record = json.loads(saved.read_text())
+        assert record["outcome"] == "interrupted"
+        zlib = next(p for p in record["packages"] if p["name"] == "zlib")
+        assert zlib["outcome"] == "interrupted" and zlib["phases"][-1]["outcome"] == "interrupted"
         # The lock went with the process.
         with BuildDirLock(build_dir) as lock:
             assert lock.held
