@@ -265,6 +265,9 @@ class Recipe(BaseModel):
     # llvm, which has no source here). `world` leaves it and what needs it
     # out and says why; `pkg` refuses it.
     left_out: Annotated[StrictStr, Field(min_length=1, max_length=500)] | None = None
+    # Why this package cannot rebuild to the same bytes; `iglubuild verify`
+    # then reports a difference as known instead of failing.
+    unreproducible: Annotated[StrictStr, Field(min_length=1, max_length=500)] | None = None
 
     @field_validator("version")
     @classmethod
@@ -828,7 +831,7 @@ def _long_values(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 class _Cache:
     """Parsed recipes keyed by the sha256 of their text (validated content only)."""
 
-    VERSION = 4  # 2: sources may be git (commit, tag); 3: size: and path checks; 4: left_out
+    VERSION = 5  # 2: git sources; 3: size: and path checks; 4: left_out; 5: unreproducible
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

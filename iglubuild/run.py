@@ -135,12 +135,14 @@ def spawn(
     pass_fds: Sequence[int] = (),
     new_session: bool = True,
     grace: float = TERM_GRACE_SECONDS,
+    umask: int = -1,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a long-running program; on leaving the block, stop it and its group.
 
     `env` is the complete environment (start from `base_env`). The child
     leads a new session (its own process group) unless `new_session` is
     False, which only an interactive shell on the caller's terminal wants.
+    `umask` (when not -1) is the child's, whatever iglubuild's own is.
     Leaving the block, normally or by an exception, applies `stop`: a child
     that already exited costs nothing, and what it left running in its
     group is killed.
@@ -150,7 +152,7 @@ def spawn(
     try:
         proc = subprocess.Popen(
             args, env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-            start_new_session=new_session, pass_fds=tuple(pass_fds),
+            start_new_session=new_session, pass_fds=tuple(pass_fds), umask=umask,
         )
     except FileNotFoundError as exc:
         raise ToolMissingError(f"{args[0]}: program not found", hint="is it installed?") from exc

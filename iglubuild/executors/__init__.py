@@ -20,12 +20,16 @@ from iglubuild.executor import Executor, ExecutorName, PhaseJob
 from iglubuild.run import TERM_GRACE_SECONDS, spawn, stop_all
 from iglubuild.settings import Settings
 
-__all__ = ["HOSTNAME", "TERM_GRACE_SECONDS", "PhaseProcesses", "check_phase_folders",
+__all__ = ["HOSTNAME", "PHASE_UMASK", "TERM_GRACE_SECONDS", "PhaseProcesses", "check_phase_folders",
            "make_executor"]
 
 # Builds see this host name, not the machine's: nothing the build embeds
 # (configure's `uname -n`, a build-info string) depends on where it ran.
 HOSTNAME = "iglubuild"
+# Phases create files with this umask whatever the user's is (a 077 umask
+# would otherwise change the modes packed from $pkgdir: `iglubuild verify`
+# runs its rebuild under another umask to prove it does not matter).
+PHASE_UMASK = 0o022
 
 
 def make_executor(settings: Settings) -> Executor:
@@ -91,7 +95,7 @@ class PhaseProcesses:
                 if self._generation == ticket:
                     proc = stack.enter_context(spawn(
                         argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                        pass_fds=pass_fds, new_session=new_session))
+                        pass_fds=pass_fds, new_session=new_session, umask=PHASE_UMASK))
                     self._running.add(proc)
             try:
                 yield proc
