@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -59,8 +60,10 @@ def scaffold_git(name: str, git: str, tag: str, *, repo: str, settings: Settings
     _, archive = fetcher.fetch(pinned)
     with tempfile.TemporaryDirectory(prefix=".new-", dir=settings.distfiles_dir) as scratch:
         # The archive's own name says nothing of the version: give it.
+        # A scratch cache: git sources are kept by commit, not as a tarball.
         text, notes = scaffold(name, archive.as_uri(), repo=repo, recipes=settings.recipes,
-                               cache=Path(scratch), version=guessed)
+                               settings=replace(settings, distfiles=Path(scratch)),
+                               version=guessed)
     # Notes about the archive's file:// URL mean nothing for a git source.
     notes = [n.replace("the tarball", "the tree") for n in notes
              if archive.name not in n and "URL" not in n and "url" not in n]

@@ -131,11 +131,9 @@ def _dep_list(value: object) -> tuple[str, ...]:
 
 
 def _metadata_deps(meta: dict[str, object]) -> tuple[str, ...]:
-    # The engine's key for run-time deps; older spellings accepted.
-    for key in ("deps", "depends", "runtime_deps"):
-        if key in meta:
-            return _dep_list(meta[key])
-    return ()
+    # `deps` is the only key anything writes: the engine's .PKGINFO and index,
+    # and iglupkg's `[pkg]` section.
+    return _dep_list(meta["deps"]) if "deps" in meta else ()
 
 
 def read_metadata(artifact: Artifact) -> dict[str, object]:
@@ -176,7 +174,7 @@ def find_artifacts(packages_dir: Path) -> dict[str, Artifact]:
         listed = packages_dir / str(entry.get("file", ""))
         if entry.get("file") and listed.is_file() and ARTIFACT_RE.match(listed.name):
             found[name] = Artifact.from_path(listed)
-        if name in found and ({"deps", "depends", "runtime_deps"} & set(entry)):
+        if name in found and "deps" in entry:
             art = found[name]
             found[name] = Artifact(art.name, art.version, art.release, art.arch, art.path,
                                    _metadata_deps(entry))
@@ -192,8 +190,8 @@ def _read_index(index: Path) -> dict[str, dict[str, object]]:
     except (OSError, ValueError):
         return {}
     entries = data.get("packages", {}) if isinstance(data, dict) else {}
-    if isinstance(entries, list):
-        entries = {str(e.get("name")): e for e in entries if isinstance(e, dict)}
+    if not isinstance(entries, dict):
+        return {}
     return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
 
 

@@ -9,7 +9,6 @@ The result is a starting point: every guess is marked in a comment.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import tarfile
@@ -26,6 +25,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import FetchError, UsageError
 from iglubuild.recipe import NAME_RE, VERSION_RE
+from iglubuild.settings import Settings
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.xz", ".tar.bz2", ".tar.zst", ".tar.lz", ".tgz", ".tbz2",
                     ".txz", ".tar", ".zip")
@@ -162,47 +162,39 @@ def template_url(url: str, version: str) -> tuple[str, str | None]:
     return text, note
 
 
-def fetch_to_cache(url: str, cache: Path, filename: str) -> Download:
-    """Copy or download `url` into cache/filename, hashing the bytes as they arrive.
+@dataclass
+class _UrlSource:
+    """A bare URL as fetch.Downloader sees a source (no checksum yet)."""
 
-    file:// URLs and plain paths are read from disk; http(s) goes through
-    httpx. The file appears under its final name only when complete.
+    url: str | None
+    filename: str | None
+    sha256: str | None = None
+    sha512: str | None = None
+    unverified: str | None = None
+
+
+def fetch_to_cache(url: str, settings: Settings, filename: str) -> Download:
+    """Download `url` (http(s), file:// or a path) into the distfiles cache and hash it.
+
+    Goes through fetch.Downloader, as `checksum` does: the same limits on
+    size and rate, retries, and the cache entry sealed under its sha256, so
+    the first build does not download it again.
     """
-    import httpx  # here, not at the top: every CLI start imports this module
+    from iglubuild.fetch import Downloader, FetchOptions, store
 
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / filename
-    tmp = cache / f".{filename}.part"
-    digest = hashlib.sha256()
     parsed = urlparse(url)
+    if parsed.scheme == "":
+        url = Path(url).resolve().as_uri()
+    elif parsed.scheme not in ("http", "https", "file"):
+        raise UsageError(f"unsupported URL scheme {parsed.scheme!r} in {url}",
+                         hint="use an http://, https:// or file:// URL")
+    downloader = Downloader(settings, FetchOptions(parallel=1))
     try:
-        if parsed.scheme in ("http", "https"):
-            with httpx.stream("GET", url, follow_redirects=True, timeout=60.0) as resp:
-                if resp.status_code != 200:
-                    raise FetchError(f"{url}: HTTP {resp.status_code}",
-                                     hint="check the URL; it must name the tarball itself")
-                with tmp.open("wb") as out:
-                    for chunk in resp.iter_bytes():
-                        digest.update(chunk)
-                        out.write(chunk)
-        elif parsed.scheme in ("file", ""):
-            src = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
-            try:
-                with src.open("rb") as f, tmp.open("wb") as out:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except OSError as err:
-                raise FetchError(f"{url}: {err.strerror}", hint="is the path right?") from None
-        else:
-            raise UsageError(f"unsupported URL scheme {parsed.scheme!r} in {url}",
-                             hint="use an http://, https:// or file:// URL")
-        tmp.replace(target)
-    except httpx.HTTPError as err:
-        raise FetchError(f"{url}: {err}", hint="is the server reachable?") from None
+        got = downloader.download_unverified(filename, _UrlSource(url, filename))
     finally:
-        tmp.unlink(missing_ok=True)
-    return Download(target, digest.hexdigest())
+        downloader.close()
+    entry = store(got.path, got.sums, filename, settings)
+    return Download(entry, got.sums["sha256"])
 
 
 def archive_members(path: Path) -> list[str]:
@@ -356,7 +348,7 @@ def _pick_in(members: list[str], prefix: str, subdir: str,
     return None
 
 
-def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
+def scaffold(name: str, url: str, *, repo: str, recipes: Path, settings: Settings,
              version: str | None = None) -> tuple[str, list[str]]:
     """Download `url` and return (recipe text, notes about what was guessed)."""
     if not NAME_RE.match(name):
@@ -378,7 +370,7 @@ def scaffold(name: str, url: str, *, repo: str, recipes: Path, cache: Path,
     # which package it is.
     tag_like = not re.match(r"^[A-Za-z][A-Za-z0-9+.]*[-_]", stem) and not stem.startswith(name)
     filename = f"{name}-{guessed}{suffix}" if suffix and tag_like else basename
-    download = fetch_to_cache(url, cache, filename)
+    download = fetch_to_cache(url, settings, filename)
     members, texts = archive_index(download.path)
     choice = pick_template(members, lambda m: texts.get(m, ""))
     how = "given" if version else f"guessed from {basename}"

@@ -47,7 +47,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                                    settings=settings, version=args.pkg_version)
     else:
         text, notes = scaffold(args.name, args.url, repo=args.repo, recipes=settings.recipes,
-                               cache=settings.distfiles_dir, version=args.pkg_version)
+                               settings=settings, version=args.pkg_version)
     target = write_new(text, out_dir, force=args.force)
     print(f"wrote {target}")
     for note in notes:
