@@ -11,12 +11,17 @@ Two ways in:
   command line read back from the image's ESP. Faster, and the command to run
   can ride on the kernel command line.
 
-The image's init prints BOOT_MARKER on the console. A command is run either
-through `iglubuild.run="..."` (or `iglubuild.runhex=` when it has double
-quotes) on the kernel command line (direct) or typed on
-the serial console once init reports its shell ready (uefi); either way its
-output is framed by RUN_BEGIN / RUN_END lines so it can be told apart from
-kernel messages and terminal echo. Then the guest powers off. QEMU is killed
+Two inits are understood. An Iglunix image runs busybox init with Iglunix's
+/etc/inittab: after its sysinit script it asks on the serial console to
+"press Enter to activate" (BUSYBOX_PROMPT, the boot marker then); Enter is
+typed, then the command, then `poweroff`, which busybox init carries out
+through Iglunix's shutdown script. The small C init of the quick boot tests
+(tests/fixtures/boot-base/init.c) prints BOOT_MARKER and runs the command
+from `iglubuild.run="..."` (or `iglubuild.runhex=` when it has double quotes)
+on the kernel command line (direct) or takes it typed once it reports its
+shell ready (uefi), powering off when the shell exits. Either way the
+command's output is framed by RUN_BEGIN / RUN_END lines so it can be told
+apart from kernel messages and terminal echo. QEMU is killed
 by PID on every way out. The whole console goes to <build-dir>/logs/boot.log.
 """
 
@@ -41,7 +46,9 @@ from iglubuild.errors import BuildError, UsageError
 from iglubuild.image import ENTRY_PATH, ESP_TYPE, KERNEL_NAME, ROOT_TYPE, SECTOR
 from iglubuild.run import base_env, require_tool, run, spawn
 
-# Must match recipes/base/iglunix-base/init.c (a test checks they agree).
+# What busybox init prints for an `askfirst` console (Iglunix's inittab has one on ttyS0).
+BUSYBOX_PROMPT = "Please press Enter to activate this console."
+# Must match tests/fixtures/boot-base/init.c (a test checks they agree).
 BOOT_MARKER = "IGLUNIX BOOT OK"
 SHELL_MARKER = "IGLUNIX SHELL READY"
 RUN_BEGIN = "IGLUNIX-RUN-BEGIN"
@@ -265,7 +272,7 @@ def command_param(command: str) -> str:
     return f'{RUN_PARAM}="{command}"'
 
 
-def _typed_command(cmd: str) -> str:
+def _typed_command(cmd: str, then: str = "exit") -> str:
     """One line for the console's shell that frames `cmd`'s output with the markers.
 
     The markers are split by quotes so the terminal's echo of this line (and
@@ -276,7 +283,7 @@ def _typed_command(cmd: str) -> str:
     b1, b2 = RUN_BEGIN[:-3], RUN_BEGIN[-3:]
     e1, e2 = RUN_END[:-3], RUN_END[-3:]
     quoted = "'" + cmd.replace("'", "'\\''") + "'"
-    return f'echo "{b1}""{b2}"; eval {quoted}; echo "{e1}""{e2} status=$?"; exit\r'
+    return f'echo "{b1}""{b2}"; eval {quoted}; echo "{e1}""{e2} status=$?"; {then}\r'
 
 
 def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 120,
@@ -343,6 +350,12 @@ def _converse(con: _Console, proc: subprocess.Popen[bytes], firmware: str, accel
                 if BOOT_MARKER in line:
                     result = BootResult(firmware, accel, time.monotonic() - start)
                     waiting = "shell" if command is None or firmware == "uefi" else "command"
+                elif BUSYBOX_PROMPT in line:
+                    # busybox init: Enter starts the shell, which reads what follows.
+                    result = BootResult(firmware, accel, time.monotonic() - start)
+                    con.send("\r" + (_typed_command(command, then="poweroff")
+                                     if command is not None else "poweroff\r"))
+                    waiting = "command output" if command is not None else "power-off"
                 continue
             if SHELL_MARKER in line and waiting == "shell":
                 con.send(_typed_command(command) if command is not None else "exit\r")

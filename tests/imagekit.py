@@ -31,7 +31,7 @@ from iglubuild.image import ARTIFACT_RE
 from tests.conftest import DISTFILES
 
 REPO = Path(__file__).resolve().parent.parent
-BASE_RECIPE = REPO / "recipes" / "base" / "iglunix-base"
+BASE_RECIPE = REPO / "tests" / "fixtures" / "boot-base"  # iglunix-base with a C init
 MUSL = "musl-1.2.3.tar.gz"
 MKSH = "mksh-R59c.tgz"
 TRIPLE = "x86_64-linux-musl"

@@ -59,7 +59,7 @@ def _qemu_running_on(image: Path) -> bool:
 
 
 def test_markers_match_init_c() -> None:
-    init_c = (REPO / "recipes/base/iglunix-base/init.c").read_text()
+    init_c = (REPO / "tests/fixtures/boot-base/init.c").read_text()
     for marker in (bootmod.BOOT_MARKER, bootmod.SHELL_MARKER, bootmod.RUN_BEGIN,
                    bootmod.RUN_END, bootmod.RUN_PARAM + "=", bootmod.RUN_HEX_PARAM + "="):
         assert f'"{marker}"' in init_c, marker

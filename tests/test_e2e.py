@@ -11,8 +11,10 @@ The built curl then fetches a page from a loopback server, and a second
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +29,12 @@ from tests.conftest import DISTFILES, REPO_ROOT
 from tests.imagekit import debian_kernel
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+# What `make world` runs inside the booted image (the Makefile's GUEST_COMMANDS,
+# plus PID 1's name and the shell), each output checked below.
+GUEST_COMMANDS = ("ls /usr/bin | wc -l; mount | head -3; cat /etc/os-release; curl --version; "
+                  "zstd --version; echo ok | sha256sum; echo pid1=$(cat /proc/1/comm); "
+                  "echo shell=$KSH_VERSION")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -66,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, serve):  # type: ignore[no-u
     kernel = debian_kernel(build)
     proc = _iglubuild(build, "--mirror", mirror, "world", "--keep-going", "--boot",
                       "--firmware", "direct", "--kernel", str(kernel),
-                      "--run", "echo shell=$KSH_VERSION; cat /etc/os-release")
+                      "--packages", "iglunix-base", "curl", "zstd", "--run", GUEST_COMMANDS)
     return build, proc
 
 
@@ -79,10 +87,26 @@ def test_world_builds_every_verified_recipe_and_boots(world) -> None:  # type: i
     assert "left out: cmake (needs a C++ runtime" in err
     assert "blocked by them" not in err
     assert "failed 0" in err
-    # The command ran inside the booted system, under the shell the recipes built.
-    assert "KSH R59 2020/10/31" in proc.stdout  # /bin/sh is the built lksh
-    assert "Iglunix" in proc.stdout
+    # The commands ran inside the booted system: PID 1 is busybox init (Iglunix's
+    # inittab), the shell is the built mksh, the tools are toybox's, curl's, zstd's.
+    out = proc.stdout.splitlines()
+    assert int(out[0]) > 150, out[:3]  # toybox and busybox applets in /usr/bin
+    assert out[1].startswith("/dev/nvme0n1p2 on / type ext4"), out[1]
+    assert "tmpfs on /tmp type tmpfs" in out[2] and "tmpfs on /run type tmpfs" in out[3]
+    assert 'NAME="Iglunix"' in out
+    assert any(line.startswith("curl 7.88.1 (x86_64-pc-linux-musl)") and "OpenSSL/3.0" in line
+               for line in out)
+    assert any("zstd command line interface 64-bits v1.5.2" in line for line in out)
+    assert hashlib.sha256(b"ok\n").hexdigest() + "  -" in out
+    assert "pid1=init" in out
+    assert any(line.startswith("shell=@(#)MIRBSD KSH R59") for line in out)
     assert "booted (" in err
+    console = (build / "logs" / "boot.log").read_text(errors="replace")
+    # Iglunix's own init scripts started the services, and shut them down.
+    assert "Running  mount" in console and "Starting mdev" in console
+    assert "Requesting system poweroff" in console
+    # The world's summary line, as make world prints it.
+    assert re.search(r"built \d+, up to date 0, failed 0, blocked 0 in [\d.]+ s", err), err[-2000:]
     index = json.loads((build / "packages" / "x86_64" / "index.json").read_text())
     text = json.dumps(index)
     for name in ("musl", "mksh", "openssl", "curl", "iglunix-base", "xz", "less", "expat"):

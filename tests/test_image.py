@@ -280,6 +280,8 @@ def test_base_recipe_is_valid_yaml_with_its_files() -> None:
     recipe_dir = Path(__file__).parent.parent / "recipes/base/iglunix-base"
     recipe = YAML(typ="safe").load((recipe_dir / "recipe.yaml").read_text())
     assert recipe["name"] == "iglunix-base"
-    assert set(recipe["deps"]) == {"musl", "mksh"}  # busybox waits for linux-headers
+    # What Iglunix's `iglunix` package pulls in: busybox init, toybox, the init scripts.
+    assert set(recipe["deps"]) == {"musl", "mksh", "busybox", "toybox", "init"}
+    assert "init.c" not in {s.get("file") for s in recipe["sources"]}
     for source in recipe["sources"]:
         assert (recipe_dir / source["file"]).is_file(), source

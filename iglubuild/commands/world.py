@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pack <build-dir>/iglunix.img from the built packages")
     group.add_argument("--boot", action="store_true",
                        help="boot the image in QEMU and wait for the marker (implies --image)")
+    group.add_argument("--packages", nargs="+", metavar="NAME", dest="image_packages",
+                       help="the image set (default: iglunix-base); its run-time closure "
+                            "is installed")
     group.add_argument("--kernel", type=Path, metavar="PATH",
                        help="kernel for the image when no linux package is built")
     group.add_argument("--run", metavar="CMD", dest="command",
@@ -39,7 +42,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from iglubuild.boot import boot
     from iglubuild.image import MIB, build_image
 
-    result, closure = build_image(settings, kernel=args.kernel)
+    result, closure = build_image(settings, packages=args.image_packages, kernel=args.kernel)
     say(f"image: {result.path} ({result.layout.total // MIB} MiB, "
         f"{len(closure)} packages: {' '.join(a.name for a in closure)})")
     if args.boot:
