@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_args(args: argparse.Namespace, force: list[str]) -> argparse.Namespace:
-    return argparse.Namespace(dry_run=False, keep_going=args.keep_going or bool(force),
+    # --world means what builds here: sources nobody verified are left out as
+    # with `world --keep-going`; the rebuild (force) goes on past a failure.
+    return argparse.Namespace(dry_run=False,
+                              keep_going=args.keep_going or args.world or bool(force),
                               force=force, from_phase=None, keep_work=False)
 
 
@@ -72,7 +75,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     names = list(args.names) or None
     say("verify: the reference build (this build dir; builds what is missing or outdated)")
     code = build(settings, _build_args(args, []), names)
-    if code != EXIT_OK and not args.keep_going:
+    if code != EXIT_OK and not (args.keep_going or args.world):
         say("verify: the reference build failed; nothing verified "
             "(--keep-going verifies what did build)")
         return code
