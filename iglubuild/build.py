@@ -442,8 +442,11 @@ def phase_env(lr: LoadedRecipe, target: Target, paths: WorkPaths, sysroot: Path,
         "CXXFLAGS": target.cxxflags,
         "LDFLAGS": target.ldflags,
         "SOURCE_DATE_EPOCH": str(epoch),
+        # Not the machine's /etc/localtime: `date` in a build (busybox's
+        # banner) says the same whatever the time zone of the build machine.
+        "TZ": "UTC",
     })
-    env.update(write_wrappers(target, sysroot, paths.bindir, launcher))
+    env.update(write_wrappers(target, sysroot, paths.bindir, launcher, work=paths.work))
     env.update(sysroot_env(sysroot))
     _write_iglunix_shims(paths.bindir)
     return env

@@ -22,9 +22,11 @@ Every run that builds something leaves a record of its timeline in
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -92,7 +94,7 @@ def run_build(
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    with BuildDirLock(settings.build_dir):
+    with BuildDirLock(settings.build_dir), _pinned_umask():
         clean_stale(settings)  # temporaries of a killed run; we hold the lock now
         state = StateStore(settings.build_dir)
         plan = make_plan(tree, graph, toolchain_id, state, names=names, force=force)
@@ -153,6 +155,21 @@ def report(summary: Summary, err: IO[str]) -> None:
     for failure in summary.failed.values():
         if failure.hint:
             print(f"hint: {failure.hint}", file=err)
+
+
+# What iglubuild creates for a build (unpacked sources, $pkgdir, work folders)
+# gets modes from this umask, not the user's (`iglubuild verify` runs its
+# rebuild under another umask to prove it does not leak into packages).
+BUILD_UMASK = 0o022
+
+
+@contextmanager
+def _pinned_umask() -> Iterator[None]:
+    old = os.umask(BUILD_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 class _sigterm_as_interrupt:  # noqa: N801 - used as a context manager

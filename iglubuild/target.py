@@ -49,9 +49,12 @@ class Target:
     source: Path | None = None
     digest: str = ""  # sha256 of the file's bytes; part of the toolchain id
 
-    def flags_for(self, sysroot: Path) -> list[str]:
-        """The driver flags with this package's sysroot filled in."""
-        return [f.replace("{sysroot}", str(sysroot)) for f in self.driver_flags]
+    def flags_for(self, sysroot: Path, work: Path | None = None) -> list[str]:
+        """The driver flags with this package's sysroot (and work folder) filled in."""
+        flags = [f.replace("{sysroot}", str(sysroot)) for f in self.driver_flags]
+        if work is not None:
+            flags = [f.replace("{work}", str(work)) for f in flags]
+        return [f for f in flags if "{work}" not in f]
 
     def implicit_deps_for(self, name: str, libc_closure: frozenset[str] = frozenset()) -> list[str]:
         """Build deps every recipe gets without naming them: the C library.
@@ -112,7 +115,7 @@ exec {driver} {flags} "$@"
 
 
 def write_wrappers(target: Target, sysroot: Path, bindir: Path,
-                   launcher: Sequence[str] = ()) -> dict[str, str]:
+                   launcher: Sequence[str] = (), work: Path | None = None) -> dict[str, str]:
     """Write compiler wrappers and tool links into `bindir`; return the env they imply.
 
     `<triple>-cc`, `<triple>-clang`, `cc`, `clang` run the C driver,
@@ -123,7 +126,7 @@ def write_wrappers(target: Target, sysroot: Path, bindir: Path,
     sysroot is, and only compiles travel.
     """
     bindir.mkdir(parents=True, exist_ok=True)
-    flags = shlex.join(target.flags_for(sysroot))
+    flags = shlex.join(target.flags_for(sysroot, work))
     prefix = shlex.join(launcher) + " " if launcher else ""
     t = target.triple
     cc_names = (f"{t}-cc", f"{t}-gcc", f"{t}-clang", "cc", "gcc", "clang")

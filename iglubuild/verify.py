@@ -6,8 +6,10 @@ by `verify` first if it is missing or outdated); the second runs in a fresh
 build dir under perturbations that must not matter:
 
 - another build path (`<build-dir>/verify/<run>/perturbed-build-path`),
-- another time zone (TZ=Etc/GMT-14) and locale (LANG=LC_ALL=C) in the phases,
-- another umask for iglubuild itself (0o027; phases are pinned to 0o022),
+- another time zone (TZ=Etc/GMT-14), locale (LANG=LC_ALL=C) and umask (0o027)
+  for iglubuild itself: what the user's environment is must not reach a
+  package (phases get a whitelisted environment with TZ=UTC, and builds run
+  under umask 022),
 - another `--jobs` (make -j and the number of packages at once),
 - and the clock: it runs later (SOURCE_DATE_EPOCH is an input, not the time).
 
@@ -104,12 +106,22 @@ def perturbed_jobs(jobs: int) -> int:
 
 
 @contextmanager
-def perturbed_umask() -> Iterator[None]:
-    old = os.umask(PERTURBED_UMASK)
+def perturbed_process() -> Iterator[None]:
+    """iglubuild's own time zone, locale and umask changed for the rebuild."""
+    old_umask = os.umask(PERTURBED_UMASK)
+    old_env = {k: os.environ.get(k) for k in PERTURBED_ENV}
+    os.environ.update(PERTURBED_ENV)
+    time.tzset()
     try:
         yield
     finally:
-        os.umask(old)
+        os.umask(old_umask)
+        for key, value in old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        time.tzset()
 
 
 def seed_state(reference: Path, fresh: Path, rebuilt: Sequence[str]) -> None:

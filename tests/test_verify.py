@@ -1,10 +1,11 @@
 """`iglubuild verify`: real rebuilds on the host executor, compared byte for byte.
 
 Shell-only recipes (a stand-in C library and packages whose package phase
-writes files) keep each rebuild under a second; what is tested is that the
-perturbations reach the phases (a time-zone-dependent file differs), that
-what must not matter does not (iglubuild's umask), that a mismatch names the
-package, the file and the member, and the exit codes.
+writes files) keep each rebuild under a second; what is tested is that a
+perturbation that reaches the phases shows (a file holding the build path
+differs), that what must not reach them does not (iglubuild's own time zone
+and umask), that a mismatch names the package, the file and the member, and
+the exit codes.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def _tree(recipes: Path) -> None:
     # Files made with the shell's umask: the same modes whatever iglubuild's is.
     _pkg(recipes, "plain", 'echo hi > "$pkgdir/usr/share/plain/hi"\n'
                            'mkdir "$pkgdir/usr/share/plain/d"')
-    # The hour of the epoch in the phase's time zone: 00 in UTC, 14 under the
-    # rebuild's TZ=Etc/GMT-14, so only a perturbation that reaches the phase shows it.
+    # The hour of the epoch in the phase's time zone: 00 in UTC, 14 had the
+    # rebuild's TZ=Etc/GMT-14 (iglubuild's own) reached the phase.
     _pkg(recipes, "tzdep", 'date -d @0 +%H > "$pkgdir/usr/share/tzdep/hour"')
+    # Where it was built: another build path gives another file.
+    _pkg(recipes, "pathdep", 'pwd > "$pkgdir/usr/share/pathdep/where"')
     _pkg(recipes, "stamp", 'date +%s%N > "$pkgdir/usr/share/stamp/built-at"',
          extra="unreproducible: records the time of its build\n")
 
@@ -48,12 +51,14 @@ def test_a_reproducible_package_passes_and_its_modes_ignore_the_umask(  # type: 
         cli, recipes: Path, tmp_path: Path) -> None:
     _tree(recipes)
     build = tmp_path / "b"
-    r = _run(cli, recipes, build, "plain", "--json")
+    r = _run(cli, recipes, build, "plain", "tzdep", "--json")
     assert r.code == 0, r.err
     assert "plain: reproducible (2 file(s) identical)" in r.err
+    assert "tzdep: reproducible (2 file(s) identical)" in r.err  # the phase's TZ is UTC
     assert "iglubuild umask 0027" in r.err and "TZ=Etc/GMT-14" in r.err
     verdicts = json.loads(r.out)
-    assert verdicts["ok"] is True and [p["package"] for p in verdicts["packages"]] == ["plain"]
+    assert verdicts["ok"] is True
+    assert [p["package"] for p in verdicts["packages"]] == ["plain", "tzdep"]
     # The rebuild really ran elsewhere, and its package carries the pinned modes.
     rebuild = Path(verdicts["rebuild"])
     assert rebuild != build and (rebuild / "packages" / "x86_64").is_dir()
@@ -67,18 +72,18 @@ def test_a_difference_names_package_file_and_member_and_fails(  # type: ignore[n
         cli, recipes: Path, tmp_path: Path) -> None:
     _tree(recipes)
     build = tmp_path / "b"
-    r = _run(cli, recipes, build, "tzdep", "plain")
+    r = _run(cli, recipes, build, "pathdep", "plain")
     assert r.code == 1, r.err
     lines = r.err.splitlines()
-    assert "tzdep: NOT REPRODUCIBLE" in lines
-    assert any(line.strip().startswith("tzdep-1-r1.x86_64.tar.zst: differs") for line in lines)
-    assert any("usr/share/tzdep/hour: " in line and "content" in line for line in lines), r.err
+    assert "pathdep: NOT REPRODUCIBLE" in lines
+    assert any(line.strip().startswith("pathdep-1-r1.x86_64.tar.zst: differs") for line in lines)
+    assert any("usr/share/pathdep/where: " in line and "content" in line for line in lines), r.err
     assert "plain: reproducible (2 file(s) identical)" in r.err
     assert "verify: 1 of 2 reproducible" in r.err
     if shutil.which("diffoscope"):
         report = next(line for line in lines if line.strip().startswith("diffoscope: "))
         text = Path(report.split(": ", 1)[1]).read_text()
-        assert "hour" in text and "14" in text and "00" in text
+        assert "where" in text and "perturbed-build-path" in text
 
 
 def test_a_known_exception_is_reported_and_does_not_fail(  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ to date) -> fetch the sources of what must be built -> scheduler -> one
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,13 +125,8 @@ def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]
     return replace(settings, jobs=max(settings.jobs, hosts.jobs)), launcher, env
 
 
-def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None,
-          *, phase_env: Mapping[str, str] | None = None) -> int:
-    """Build the closure of `names` (everything if None); return the exit code.
-
-    `phase_env` adds variables to every phase (`verify` perturbs TZ and the
-    locale with it).
-    """
+def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
+    """Build the closure of `names` (everything if None); return the exit code."""
     from iglubuild.distcc import CompileRecorder
     from iglubuild.executors import make_executor
     from iglubuild.package import write_index
@@ -154,7 +149,6 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         settings, launcher, extra_env = _farm(settings)
     else:
         launcher, extra_env = (), {}
-    extra_env = {**extra_env, **(phase_env or {})}
     executor = make_executor(settings)
     if not args.dry_run:
         executor.check()

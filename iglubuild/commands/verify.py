@@ -52,12 +52,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from iglubuild.verify import (
         NOT_VARIED,
         PERTURBATIONS,
-        PERTURBED_ENV,
         Verdict,
         compare,
         outputs,
         perturbed_jobs,
-        perturbed_umask,
+        perturbed_process,
         run_diffoscope,
         run_id,
         seed_state,
@@ -94,8 +93,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                         jobs=perturbed_jobs(settings.jobs))
     say(f"verify: rebuilding {len(built)} package(s) in {fresh} under: "
         + ", ".join(PERTURBATIONS) + f" (--jobs {perturbed.jobs})")
-    with BuildDirLock(settings.build_dir), perturbed_umask():
-        build(perturbed, _build_args(args, list(built)), names, phase_env=PERTURBED_ENV)
+    with BuildDirLock(settings.build_dir), perturbed_process():
+        build(perturbed, _build_args(args, list(built)), names)
     arch = load_target().arch
     fresh_state = StateStore(fresh)
     verdicts: list[Verdict] = []
