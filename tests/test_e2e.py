@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 # plus PID 1's name and the shell), each output checked below.
 GUEST_COMMANDS = ("ls /usr/bin | wc -l; mount | head -3; cat /etc/os-release; curl --version; "
                   "zstd --version; echo ok | sha256sum; echo pid1=$(cat /proc/1/comm); "
-                  "echo shell=$KSH_VERSION")
+                  "echo shell=$KSH_VERSION; xbps-query -l; xbps-pkgdb -a && echo pkgdb-clean")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -74,7 +74,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, serve):  # type: ignore[no-u
     kernel = debian_kernel(build)
     proc = _iglubuild(build, "--mirror", mirror, "world", "--keep-going", "--boot",
                       "--firmware", "direct", "--kernel", str(kernel),
-                      "--packages", "iglunix-base", "curl", "zstd", "--run", GUEST_COMMANDS)
+                      "--packages", "iglunix-base", "curl", "zstd", "iglupkg", "--run",
+                      GUEST_COMMANDS)
     return build, proc
 
 
@@ -100,6 +101,11 @@ def test_world_builds_every_verified_recipe_and_boots(world) -> None:  # type: i
     assert hashlib.sha256(b"ok\n").hexdigest() + "  -" in out
     assert "pid1=init" in out
     assert any(line.startswith("shell=@(#)MIRBSD KSH R59") for line in out)
+    # xbps's database in the image lists what the image holds, and is clean.
+    listed = {line.split()[1].rsplit("-", 1)[0] for line in out if line.startswith("ii ")}
+    assert {"musl", "busybox", "toybox", "init", "mksh", "iglunix-base", "curl", "zstd",
+            "xbps", "iglupkg", "libarchive"} <= listed, listed
+    assert "pkgdb-clean" in out
     assert "booted (" in err
     console = (build / "logs" / "boot.log").read_text(errors="replace")
     # Iglunix's own init scripts started the services, and shut them down.
