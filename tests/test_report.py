@@ -131,7 +131,9 @@ def test_host_phases_report_their_cpu_and_peak_memory(tmp_path: Path) -> None:
         [(pkg, phase, usage)] = heard
         assert (pkg, phase) == ("burn", "build")
         assert usage.cpu_seconds >= 0.45, (isolated, usage)
-        assert 96 * 1024 <= usage.peak_rss_kib < 400 * 1024, (isolated, usage)
+        # No upper bound: a forked child's high-water mark starts at its parent's
+        # (here pytest's) resident size before it execs.
+        assert usage.peak_rss_kib >= 96 * 1024, (isolated, usage)
 
 
 def _spin_tree(recipes: Path) -> None:
