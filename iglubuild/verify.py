@@ -180,11 +180,8 @@ def compare(package: str, first: Sequence[Path], second: Sequence[Path]) -> Verd
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def member_differences(a: Path, b: Path) -> list[str]:
