@@ -37,11 +37,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from iglubuild import integrity
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import BuildError, IglubuildError, UsageError
 from iglubuild.package import (
     ARTIFACT_RE,
     PKGINFO,
+    PackageError,
     RootTree,
     install_artifact,
     open_artifact,
@@ -302,8 +304,20 @@ def add_repository(tree: RootTree, packages_dir: Path) -> int:
                          hint="build the packages first: iglubuild world (or iglubuild pkg NAME)")
     dest = resolve_in_root(tree.path, REPO_DIR)
     dest.mkdir(parents=True, exist_ok=True)
-    packages = sorted(packages_dir.glob(f"*{XBPS_SUFFIX}"))
-    files = [repodata, *packages, *sorted(packages_dir.glob(f"*{XBPS_SUFFIX}.sig2"))]
+    # Only what the index lists (not older builds beside it), each checked
+    # against the index's checksum: the guest's xbps would refuse it anyway,
+    # but only after the image was made and booted.
+    index = read_plist_member(repodata, "index.plist")
+    packages = []
+    for entry in index.values():
+        pkg = packages_dir / f"{entry['pkgver']}.{entry['architecture']}{XBPS_SUFFIX}"
+        if not integrity.verify(pkg, "sha256", str(entry.get("filename-sha256", ""))):
+            raise PackageError(f"{pkg}: missing or changed since the repository was indexed",
+                               hint="build it again: iglubuild pkg "
+                                    f"{entry['pkgver'].rsplit('-', 1)[0]} --force")
+        packages.append(pkg)
+    signatures = [s for p in packages if (s := p.with_name(p.name + ".sig2")).is_file()]
+    files = [repodata, *sorted(packages), *signatures]
     for f in files:
         shutil.copyfile(f, dest / f.name)
         os.chmod(dest / f.name, 0o644)

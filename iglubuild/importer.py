@@ -15,7 +15,6 @@ file a contributor hands it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 
 from iglubuild.atomic import write_atomic
 from iglubuild.errors import UsageError
+from iglubuild.integrity import file_hash
 from iglubuild.recipe import NAME_RE, VERSION_RE
 from iglubuild.scaffold import archive_suffix
 
@@ -243,11 +243,6 @@ def _expand(text: str, variables: dict[str, str], derived: dict[str, str] | None
 def _shell_quote(value: str) -> str:
     return value if re.match(r"^[A-Za-z0-9_.+:/@%=-]*$", value) else "'" + value.replace(
         "'", "'\\''") + "'"
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def find_local(names: Iterable[str], places: Sequence[Path]) -> Path | None:
@@ -649,7 +644,7 @@ class _Converter:
         if local is not None:
             if local.name != basename and local.name != pretty:
                 src["filename"] = local.name
-            src["sha256"] = _sha256(local)
+            src["sha256"] = file_hash(local)
             src.yaml_add_eol_comment(f"computed from {local}", "sha256")
         else:
             src["unverified"] = "not found locally when imported; run iglubuild checksum"

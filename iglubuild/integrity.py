@@ -131,5 +131,20 @@ def artifact_intact(path: Path) -> bool:
     return verify(path, "sha256", str(doc["sum"]))
 
 
-__all__ = ["artifact_intact", "drop", "file_hash", "seal", "seal_artifact", "seal_path",
-           "verify"]
+def intact_sum(path: Path) -> str | None:
+    """The sha256 of the artifact at `path`, or None if it changed since it was sealed.
+
+    For whoever publishes an artifact's checksum (the xbps repository index):
+    the seal gives it without hashing when the stat is unchanged, and a file
+    altered after packing gives None instead of a checksum that would vouch
+    for the altered bytes. An unsealed artifact is hashed.
+    """
+    doc = _read_seal(path)
+    if doc is None or doc.get("algo") != "sha256" or not isinstance(doc.get("sum"), str):
+        return file_hash(path)
+    hexsum = str(doc["sum"])
+    return hexsum if verify(path, "sha256", hexsum) else None
+
+
+__all__ = ["artifact_intact", "drop", "file_hash", "intact_sum", "seal", "seal_artifact",
+           "seal_path", "verify"]

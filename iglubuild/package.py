@@ -491,6 +491,15 @@ def package_name(artifact: Path) -> str:
     return m["name"] if m else artifact.name
 
 
+def xbps_twin(artifact: Path) -> Path | None:
+    """The .xbps file packed beside an artifact by the same build (None if its name is odd)."""
+    m = ARTIFACT_RE.match(artifact.name)
+    if m is None:
+        return None
+    return artifact.parent / xbps.xbps_filename(m["name"], m["version"], int(m["release"]),
+                                                m["arch"])
+
+
 def install_artifact(artifact: Path, root: Path | RootTree, *,
                      overwrite: bool = False) -> list[str]:
     """Unpack an artifact into a root safely; return the paths it installed.

@@ -473,7 +473,11 @@ def _status(record: Record | None, inputs: Inputs, signature: str) -> tuple[Stat
     missing = [a for a in record.artifacts if not os.path.exists(a)]
     if missing:
         return Status.OUTDATED, [f"artifact missing: {missing[0]}"]
-    altered = [a for a in record.artifacts if not artifact_intact(Path(a))]
+    # The .xbps twins too: the repository index is made from them.
+    from iglubuild.package import xbps_twin  # here: zstandard is not needed before
+
+    twins = [t for a in record.artifacts if (t := xbps_twin(Path(a))) is not None and t.exists()]
+    altered = [str(a) for a in [*map(Path, record.artifacts), *twins] if not artifact_intact(a)]
     if altered:
         return Status.OUTDATED, [f"artifact changed since it was packed: {altered[0]}"]
     return Status.UP_TO_DATE, []

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from iglubuild.integrity import file_hash
 from iglubuild.plan import StateStore
 from iglubuild.run import run, which
 
@@ -172,16 +173,11 @@ def compare(package: str, first: Sequence[Path], second: Sequence[Path]) -> Verd
             files.append(FileVerdict(name, False, "missing in the rebuild"))
         elif name not in a:
             files.append(FileVerdict(name, False, "only in the rebuild"))
-        elif _sha256(a[name]) == _sha256(b[name]):
+        elif file_hash(a[name]) == file_hash(b[name]):
             files.append(FileVerdict(name, True))
         else:
             files.append(FileVerdict(name, False, members=member_differences(a[name], b[name])))
     return Verdict(package, all(f.identical for f in files) and bool(files), files)
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def member_differences(a: Path, b: Path) -> list[str]:
@@ -225,8 +221,11 @@ def members_of(path: Path) -> dict[str, dict[str, object]]:
                                            "size": ti.size, "link": ti.linkname}
                 if ti.isfile() and ti.size <= MAX_MEMBER_BYTES:
                     fh = tar.extractfile(ti)
-                    if fh is not None:
-                        item["content"] = hashlib.sha256(fh.read()).hexdigest()
+                    if fh is not None:  # hashed in pieces: a member may be 1 GiB
+                        h = hashlib.sha256()
+                        while chunk := fh.read(1 << 20):
+                            h.update(chunk)
+                        item["content"] = h.hexdigest()
                 out[ti.name] = item
         return out
 

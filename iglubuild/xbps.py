@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import zstandard
 
+from iglubuild import integrity
 from iglubuild.atomic import write_atomic
 from iglubuild.elf import read_elf
 from iglubuild.errors import BuildError
@@ -333,7 +334,9 @@ def write_package(info: Info, entries: Sequence[Entry], out_dir: Path, epoch: in
                     tar.addfile(ti, f)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _write_zstd_tar(out_dir / package_filename(info), fill)
+    final = _write_zstd_tar(out_dir / package_filename(info), fill)
+    integrity.seal_artifact(final)  # checked when indexed and when put on an image
+    return final
 
 
 # ---------------------------------------------------------------- reading
@@ -472,17 +475,22 @@ def sign_file(private_key: Path, path: Path) -> Path:
 # ---------------------------------------------------------------- repository
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def index_entry(package: Path) -> dict[str, Any]:
-    """A package's index.plist entry, as `xbps-rindex -a` makes it from props.plist."""
+    """A package's index.plist entry, as `xbps-rindex -a` makes it from props.plist.
+
+    Its checksum comes from the package's seal (iglubuild.integrity): a package
+    changed since it was packed is refused rather than indexed, since the index
+    is what every client trusts it by.
+    """
+    digest = integrity.intact_sum(package)
+    if digest is None:
+        raise XbpsError(f"{package}: changed since it was packed (its sha256 differs from "
+                        "the one recorded then); not indexed",
+                        hint=f"build {_props_name(package)} again (pkg --force)")
     d = dict(read_plist_member(package, "props.plist"))
     for key in ("pkgname", "version", "packaged-with"):
         d.pop(key, None)
-    d["filename-sha256"] = _sha256(package)
+    d["filename-sha256"] = digest
     d["filename-size"] = package.stat().st_size
     return d
 
@@ -553,6 +561,7 @@ def twin_from_artifact(artifact: Path) -> Path:
                              packaged_with=f"iglubuild {__version__}")
     st = artifact.stat()
     os.utime(twin, ns=(st.st_atime_ns, st.st_mtime_ns))
+    integrity.seal_artifact(twin)  # again: the new mtime is part of the seal
     return twin
 
 

@@ -261,6 +261,41 @@ def test_5_flipped_byte_in_an_artifact_is_noticed(
         k: v for k, v in snapshot(tmp_path, build_dir).items() if k.startswith("sysroot")}}
 
 
+def test_5_flipped_byte_in_an_xbps_package_is_neither_indexed_nor_shipped(
+        cli: Cli, recipes: Path, tmp_path: Path, build_dir: Path) -> None:
+    """The .xbps twin is sealed like the artifact: the repository index, which every
+    xbps client trusts, never vouches for bytes changed after packing."""
+    from iglubuild.image import RootTree, add_repository
+    from iglubuild.package import xbps_twin
+    from iglubuild.xbps import XbpsError, read_repodata, write_repository
+
+    artifact = built_hello(recipes, build_dir, tmp_path)
+    twin = xbps_twin(artifact)
+    assert twin is not None and twin.is_file()
+    packages = artifact.parent
+    write_repository(packages)
+    good = read_repodata(packages)["hello"]["filename-sha256"]
+    assert good == hashlib.sha256(twin.read_bytes()).hexdigest()
+    repodata_before = (packages / "x86_64-musl-repodata").read_bytes()
+
+    flip_byte(twin, offset=len(twin.read_bytes()) // 2)
+    base = ["--recipes", str(recipes)]
+    res = cli(*base, "status", "hello")
+    assert res.code == 0, res.err
+    assert f"outdated (artifact changed since it was packed: {twin}" in res.out
+    with pytest.raises(XbpsError) as info:
+        write_repository(packages)
+    assert "changed since it was packed" in info.value.message and "not indexed" in \
+        info.value.message
+    assert info.value.hint and "hello" in info.value.hint
+    # The index keeps vouching for the good bytes only, and no image carries the bad ones.
+    assert (packages / "x86_64-musl-repodata").read_bytes() == repodata_before
+    with pytest.raises(PackageError) as perr:
+        add_repository(RootTree(tmp_path / "root"), packages)
+    assert "changed since the repository was indexed" in perr.value.message
+    assert not list((tmp_path / "root").rglob("*.xbps"))
+
+
 # ------------------------------------ 6 & 7: downloads and archives without limits
 
 

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--packages", nargs="+", metavar="NAME", dest="image_packages",
                        help="the image set (default: iglunix-base); its run-time closure "
                             "is installed")
+    group.add_argument("--with-repo", action="store_true",
+                       help="put the xbps repository on the image, so that `iglu add NAME` "
+                            "inside installs more from it (as image --with-repo)")
     group.add_argument("--kernel", type=Path, metavar="PATH",
                        help="kernel for the image when no linux package is built")
     group.add_argument("--run", metavar="CMD", dest="command",
@@ -42,7 +45,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from iglubuild.boot import boot
     from iglubuild.image import MIB, build_image
 
-    result, closure = build_image(settings, packages=args.image_packages, kernel=args.kernel)
+    result, closure = build_image(settings, packages=args.image_packages, kernel=args.kernel,
+                                  with_repo=args.with_repo)
     say(f"image: {result.path} ({result.layout.total // MIB} MiB, "
         f"{len(closure)} packages: {' '.join(a.name for a in closure)})")
     if args.boot:
