@@ -27,14 +27,15 @@ lint:
 bench:
 	for b in bench/*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
 
-# Everything buildable here, then the image (Iglunix's base, curl, zstd, iglupkg+xbps),
+# Everything buildable here, then the image (Iglunix's base, curl, zstd, iglupkg+xbps,
+# and the repository, from which `iglu add` installs less inside),
 # booted in QEMU through busybox init and Iglunix's init scripts, with commands
 # run inside. Sources nobody could verify here are listed and left out.
 GUEST_COMMANDS = ls /usr/bin | wc -l; mount | head -3; cat /etc/os-release; \
 	curl --version; zstd --version; echo ok | sha256sum; xbps-query -l; \
-	xbps-pkgdb -a && echo pkgdb-clean
+	xbps-pkgdb -a && echo pkgdb-clean; echo y | iglu add less; less --version | head -1
 world:
 	$(PYTHON) -m iglubuild $(MIRROR_ARGS) world --keep-going --boot \
-		--packages iglunix-base curl zstd iglupkg \
+		--packages iglunix-base curl zstd iglupkg --with-repo \
 		--kernel "$$(sh toolchain/debian-kernel.sh build/kernel)" --run '$(GUEST_COMMANDS)'
 

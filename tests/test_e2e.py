@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 # plus PID 1's name and the shell), each output checked below.
 GUEST_COMMANDS = ("ls /usr/bin | wc -l; mount | head -3; cat /etc/os-release; curl --version; "
                   "zstd --version; echo ok | sha256sum; echo pid1=$(cat /proc/1/comm); "
-                  "echo shell=$KSH_VERSION; xbps-query -l; xbps-pkgdb -a && echo pkgdb-clean")
+                  "echo shell=$KSH_VERSION; xbps-query -l; xbps-pkgdb -a && echo pkgdb-clean; "
+                  "echo y | iglu add less && echo iglu-add-ok; less --version | head -1; "
+                  "iglu has less | grep '^pkgver'; xbps-pkgdb -a && echo pkgdb-clean-after")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -74,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, serve):  # type: ignore[no-u
     kernel = debian_kernel(build)
     proc = _iglubuild(build, "--mirror", mirror, "world", "--keep-going", "--boot",
                       "--firmware", "direct", "--kernel", str(kernel),
-                      "--packages", "iglunix-base", "curl", "zstd", "iglupkg", "--run",
+                      "--packages", "iglunix-base", "curl", "zstd", "iglupkg", "--with-repo", "--run",
                       GUEST_COMMANDS)
     return build, proc
 
@@ -107,6 +109,13 @@ def test_world_builds_every_verified_recipe_and_boots(world) -> None:  # type: i
     assert {"musl", "busybox", "toybox", "init", "mksh", "iglunix-base", "curl", "zstd",
             "xbps", "iglupkg", "libarchive"} <= listed, listed
     assert "pkgdb-clean" in out
+    # The image carries the repository (--with-repo): Iglunix's `iglu add` installs
+    # less and its dependency from it inside the guest, through xbps, and it runs.
+    assert "less" not in listed and "netbsd-curses" not in listed
+    assert "iglu-add-ok" in out, out[-20:]
+    assert any(line.startswith("less 590 ") for line in out), out[-20:]
+    assert any(line.startswith("pkgver: less-590_") for line in out), out[-20:]
+    assert "pkgdb-clean-after" in out
     assert "booted (" in err
     console = (build / "logs" / "boot.log").read_text(errors="replace")
     # Iglunix's own init scripts started the services, and shut them down.
