@@ -399,16 +399,25 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
 def farm_network(executor: Executor, volunteers: Sequence[Volunteer]) -> Iterator[FarmNet | None]:
     """The farm's network for the phases `executor` runs, for as long as the block lasts.
 
+    Host and chroot executors: a namespace of the FarmNet's own. Docker: the
+    namespace of the executor's holder container, set up from outside.
     None where phases cannot be confined: the host executor without root (or
     where namespaces are forbidden) runs phases unsandboxed in the host's
     network, so they must be given the volunteers' own addresses.
     """
+    from iglubuild.executors.docker import DockerExecutor
     from iglubuild.executors.host import HostExecutor
 
     if isinstance(executor, HostExecutor) and not executor.isolated:
         log.warning("the host executor cannot sandbox phases here (needs root): "
                     "farm compiles reach the volunteers over the host's network, unconfined")
         yield None
+        return
+    if isinstance(executor, DockerExecutor):
+        # Docker joins no namespace by path: the namespace is a holder container's.
+        with executor.netns_holder() as (path, container), \
+                FarmNet(volunteers, join=path, container=container) as net:
+            yield net
         return
     with FarmNet(volunteers) as net:
         yield net

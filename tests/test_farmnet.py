@@ -397,3 +397,74 @@ def test_chroot_phase_without_farm_has_no_network(chroot_executor,  # type: igno
     assert all(v == "closed" for v in _reach(text).values()), text
     assert [line for line in text.splitlines() if line.startswith(("if ", "route "))] \
         == ["if lo"], text
+
+
+# --------------------------------------------------------------------------- docker executor
+
+
+@pytest.fixture
+def docker_executor(toolchain_image):  # type: ignore[no-untyped-def]
+    from iglubuild.executors.docker import DockerExecutor
+
+    ex = DockerExecutor(toolchain_image.ref, toolchain_image.toolchain_id)
+    ex.check()
+    yield ex
+    ex.terminate()
+
+
+def _our_containers(owner: str) -> list[str]:
+    import docker
+
+    from iglubuild.executors.docker import LABEL_EXECUTOR, LABEL_OWNER
+
+    return [c.id for c in docker.from_env().containers.list(
+        all=True, filters={"label": [f"{LABEL_EXECUTOR}=docker", f"{LABEL_OWNER}={owner}"]})]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@needs_distccd
+def test_docker_phase_with_farm_compiles_remotely_and_reaches_nothing_else(
+        docker_executor, distccd: Distccd, probes: list[ProbeServer],  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
+    """The phase's container shares the holder container's network, which
+    iglubuild set up from outside: only the relay is reachable, the compile is
+    distccd's, and the holder is gone when the FarmNet closes."""
+    from iglubuild.farmnet import farm_network
+
+    work = tmp_path / "work"
+    (work / "distcc").mkdir(parents=True)
+    (work / "f.c").write_text("int triple(int x) { return 3 * x; }\n")
+    targets = [("127.0.0.1", distccd.port)] + [(p.address, p.port) for p in probes]
+    before = distccd.compiles
+    with farm_network(docker_executor, [distccd.volunteer()]) as net:
+        assert net is not None and net.namespace.container is not None
+        env = base_env({"DISTCC_HOSTS": net.distcc_hosts, "DISTCC_DIR": str(work / "distcc"),
+                        "DISTCC_FALLBACK": "0", "HOME": str(work)})
+        script = ("distcc clang -target x86_64-linux-musl -O2 -c f.c -o f.o\n"
+                  + _reach_script(targets) + "hostname > hostname.txt\n")
+        rc, out = run_to_log(docker_executor, PhaseJob(
+            "t", "build", script, work, env, writable=(work,), netns=net.namespace), tmp_path)
+        assert _our_containers(docker_executor.owner) == [net.namespace.container]
+    assert rc == 0, out
+    assert (work / "f.o").is_file()
+    assert distccd.compiles - before == 1
+    _check_confined(work / "reach.txt", distccd.port, probes)
+    assert (work / "hostname.txt").read_text().strip() == "iglubuild"
+    assert _our_containers(docker_executor.owner) == []  # the holder was removed
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_phase_without_farm_has_no_network(
+        docker_executor, probes: list[ProbeServer], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    work = tmp_path / "work"
+    work.mkdir()
+    script = _reach_script([(p.address, p.port) for p in probes])
+    rc, out = run_to_log(docker_executor, PhaseJob("t", "build", script, work, base_env(),
+                                                   writable=(work,)), tmp_path)
+    assert rc == 0, out
+    text = (work / "reach.txt").read_text()
+    assert all(v == "closed" for v in _reach(text).values()), text
+    assert [line for line in text.splitlines() if line.startswith(("if ", "route "))] \
+        == ["if lo"], text
