@@ -263,6 +263,33 @@ def test_relays_reach_their_volunteer_and_close_with_the_farmnet(tmp_path: Path)
         silent.close()
 
 
+@needs_root
+def test_connections_beyond_the_limit_are_closed_at_once() -> None:
+    silent = socket.socket()  # listens, never accepts: relayed connections stay open
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        v = Volunteer("q", 1, "n", "127.0.0.1", int(silent.getsockname()[1]), "running", slots=1)
+        with FarmNet([v], max_connections=2) as net:
+            probe = (
+                "import socket, sys\n"
+                "held = [socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)"
+                " for _ in range(3)]\n"
+                "for s in held:\n"
+                "    s.settimeout(1)\n"
+                "    try:\n"
+                "        print(repr(s.recv(1)))\n"
+                "    except TimeoutError:\n"
+                "        print('open')\n")
+            out = subprocess.run(["nsenter", f"--net={net.path}", "--", "python3", "-c", probe,
+                                  str(v.port)], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout
+            assert out.splitlines() == ["open", "open", "b''"]
+            assert (net.relayed, net.refused_over_limit) == (2, 1)
+    finally:
+        silent.close()
+
+
 # --------------------------------------------------------------------------- host executor
 
 
@@ -315,6 +342,55 @@ def test_host_phase_with_farm_compiles_remotely_and_reaches_nothing_else(
     work = work_paths(settings, "farmed")
     src = next(p for p in work.src.rglob("reach.txt"))
     _check_confined(src, distccd.port, probes)
+
+
+@needs_root
+@needs_distccd
+def test_a_refusing_volunteer_means_a_local_compile_named_by_its_real_address(
+        distccd: Distccd, tmp_path: Path) -> None:
+    """The relay hangs up when its volunteer refuses; distcc compiles locally, and
+    its warning in the package log names the volunteer, not the relay."""
+    from iglubuild.build import POST_BUILD_STEPS, BuildJob, PhaseFailed, build_package
+    from iglubuild.executors.host import HostExecutor
+    from iglubuild.recipe import load_tree
+    from iglubuild.settings import Settings
+    from iglubuild.target import load_target
+    from tests.engine_support import write_recipe
+
+    executor = HostExecutor()
+    if not executor.isolated:
+        pytest.skip("the host executor cannot sandbox here")
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "doomed", """
+        name: doomed
+        version: "1"
+        build: |
+          printf 'int f(void) { return 1; }\\n' > f.c
+          $CC -c f.c -o f.o
+          test -f f.o
+          exit 7
+        """)
+    settings = Settings(recipes=recipes, build_dir=tmp_path / "build", jobs=1)
+    # Nothing listens on 127.0.0.2 (distccd is on 127.0.0.1 only): it refuses.
+    dead = Volunteer("t1", 1, "n1", "127.0.0.2", distccd.port, "running", slots=1)
+    hosts = distcc.FarmHosts([dead], jobs=2, local_identity="x")
+    launcher, extra = distcc.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
+    target = replace(load_target(), implicit_build_deps=())
+    with FarmNet([dead]) as net:
+        extra["DISTCC_HOSTS"] = net.distcc_hosts
+        assert net.distcc_hosts == f"127.0.0.1:{distccd.port}/1"
+        recorder = distcc.CompileRecorder(net.aliases)
+        with pytest.raises(PhaseFailed) as failed:
+            build_package(BuildJob(load_tree(recipes).recipes["doomed"], settings, executor,
+                                   [], "sig", target=target, launcher=launcher,
+                                   extra_env=extra, steps=(*POST_BUILD_STEPS, recorder),
+                                   netns=net.namespace))
+        assert net.relayed == 0
+    tally = recorder.tallies()["doomed"]
+    assert (tally.remote, tally.local) == (0, 1)
+    log = failed.value.log.read_text()
+    assert f"failed to distribute f.c to 127.0.0.2:{distccd.port}" in log, log
+    assert distccd.compiles == 0
 
 
 @needs_root
