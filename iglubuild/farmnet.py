@@ -302,7 +302,14 @@ class FarmNet:
                                       name=f"iglubuild-farmnet-{relay.local_port}")
             self._threads.add(thread)
             self._active.add(conn)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: this compile goes local
+            log.warning("farm relay: %s", exc)
+            with self._lock:
+                self._threads.discard(thread)
+                self._active.discard(conn)
+            conn.close()
 
     def _relay(self, conn: socket.socket, relay: Relay) -> None:
         upstream: socket.socket | None = None
@@ -313,8 +320,9 @@ class FarmNet:
                 upstream = socket.create_connection((relay.address, relay.port),
                                                     timeout=self.connect_timeout)
             except OSError as exc:
-                log.info("farm relay: volunteer %s: %s (distcc compiles locally)",
-                         relay.remote, exc)
+                # distcc's own warning says so in the package log (tally_compiles).
+                log.debug("farm relay: volunteer %s: %s (distcc compiles locally)",
+                          relay.remote, exc)
                 return
             upstream.settimeout(None)
             with self._lock:
