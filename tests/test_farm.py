@@ -394,8 +394,10 @@ def test_cli_farm_pkg_compiles_on_the_volunteers_and_matches_a_local_build(
     assert ran.stdout == expected.stdout and ran.stdout.count("\n") == PROGRAM_FILES + 1
 
 
-def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, tmp_path):
-    """`iglubuild --farm pkg` with the host executor: the phase is in the farm's own
+@pytest.mark.parametrize("executor", ["host", "chroot", "docker"])
+def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, toolchain_image,
+                                                                executor, tmp_path):
+    """`iglubuild --farm pkg` with each executor: the phase is in the farm's own
     network (iglubuild.farmnet), where 127.0.0.1:<volunteer port> is a relay to the
     volunteer and nothing else answers: not the volunteers' stats ports on the
     host's 127.0.0.1, not a server on 127.0.0.1, not one on the host's own address.
@@ -403,8 +405,17 @@ def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, tm
     import docker
 
     from tests.engine_support import write_recipe
+    from tests.test_docker_executor import _project_build_dir, _untag
     from tests.test_farmnet import ProbeServer, _check_confined, _host_address, _reach_script
 
+    build = tmp_path / "build"
+    ident = None
+    if executor != "host":
+        given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
+        if executor == "chroot" and not (given and (Path(given) / "bin" / "sh").exists()):
+            pytest.skip("needs IGLUBUILD_TEST_BUILDROOT (a build root)")
+        # The build root (chroot) and the toolchain image tagged with its id (docker).
+        ident = _project_build_dir(build, toolchain_image)
     volunteers = farm.wait_for_volunteers(docker.from_env(), 2, 60)
     probes = [ProbeServer("127.0.0.1")]
     address = _host_address()
@@ -439,9 +450,8 @@ def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, tm
             """, {"f1.c": "int one(int x) { return x + 1; }\n",
                   "f2.c": "int two(int x) { return x + 2; }\n",
                   "reach.sh": _reach_script(targets)})
-        build = tmp_path / "build"
         before = _compiles(volunteers)
-        result = _iglubuild(recipes, build, "--executor", "host", "--farm", "pkg", "reach")
+        result = _iglubuild(recipes, build, "--executor", executor, "--farm", "pkg", "reach")
         after = _compiles(volunteers)
         assert result.returncode == 0, result.stderr[-3000:]
         # Two compiles, plus the identity probe `discover` sends each volunteer.
@@ -458,9 +468,14 @@ def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, tm
         for v in volunteers[1:]:
             assert f"127.0.0.1 {v.port} open" in text, text
         _check_confined(reach_txt, volunteers[0].port, probes)
+        if executor == "docker":  # the holder of the farm's network went with the run
+            assert docker.from_env().containers.list(
+                all=True, filters={"label": "iglubuild.package=farm-network"}) == []
     finally:
         for p in probes:
             p.close()
+        if ident is not None:
+            _untag(ident, toolchain_image)
 
 
 def test_killing_a_volunteer_mid_build_still_finishes(running_farm, settings, program,
