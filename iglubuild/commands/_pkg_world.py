@@ -180,6 +180,7 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
 def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None,
            command: str, tree: RecipeTree, graph: DepGraph, left_out: list[str],
            executor: Executor, hosts: FarmHosts | None, net: FarmNet | None) -> int:
+    """The run itself, while the farm's network `net` (if any) is open."""
     from iglubuild.distcc import CompileRecorder
     from iglubuild.package import write_index
     from iglubuild.session import Builder, run_build
