@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
-from iglubuild.executor import PHASES, Executor, PhaseJob
+from iglubuild.executor import PHASES, Executor, NetNamespace, PhaseJob
 from iglubuild.package import PackageInfo, pack_all, read_metadata
 from iglubuild.package import source_date_epoch as resolve_epoch
 from iglubuild.plan import StateStore
@@ -223,6 +223,9 @@ class BuildJob:
     environment. `on_phase(name, phase)` is called as each step starts
     (progress display). `sysroots` is where sysroots are shared (default
     `<build-dir>/sysroots`). `steps` run after the phases, in order.
+    `netns` is the distcc farm's network namespace (iglubuild.farmnet), which
+    phases that send compiles to the farm join; every other phase, and every
+    phase when it is None, has no network.
     """
 
     recipe: LoadedRecipe
@@ -241,6 +244,7 @@ class BuildJob:
     on_phase: Callable[[str, str], None] | None = None
     sysroots: SysrootCache | None = None
     steps: Sequence[PostBuildStep] = POST_BUILD_STEPS
+    netns: NetNamespace | None = None
 
 
 def build_package(job: BuildJob) -> list[Path]:
@@ -263,7 +267,7 @@ def build_package(job: BuildJob) -> list[Path]:
     extra_env = dict(job.extra_env)
     if "no-distcc" in recipe.options:
         launcher = ()
-        # Nor the farm's variables: they would give the phases network access.
+        # Nor the farm's variables: they would put the phases in the farm's network.
         extra_env = {k: v for k, v in extra_env.items() if not k.startswith("DISTCC_")}
     from_phase = job.from_phase
     if from_phase is not None and from_phase not in PHASES:
@@ -304,7 +308,8 @@ def build_package(job: BuildJob) -> list[Path]:
                     for phase in SCRIPT_PHASES:
                         # Progress hears only of phases that have something to run.
                         current = step(phase) if recipe.phases[phase] else phase
-                        _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log)
+                        _run_phase(lr, phase, executor, env, srcdir, paths, sysroot.path, log,
+                                   job.netns)
                     built = replace(built, phases_ok=True)
                 finally:
                     # Records come first and also after a failed phase.
@@ -361,7 +366,8 @@ class Engine:
                  target: Target | None = None, keep_work: bool = False,
                  from_phase: str | None = None, launcher: Sequence[str] = (),
                  extra_env: Mapping[str, str] | None = None,
-                 steps: Sequence[PostBuildStep] = ()) -> None:
+                 steps: Sequence[PostBuildStep] = (),
+                 netns: NetNamespace | None = None) -> None:
         self.settings = settings
         self.executor = executor
         self.tree = tree
@@ -375,6 +381,7 @@ class Engine:
         self.launcher = tuple(launcher)
         self.extra_env = dict(extra_env or {})
         self.steps = (*POST_BUILD_STEPS, *steps)
+        self.netns = netns
         if jobserver is not None:
             # make in every phase joins the run's one jobserver (see iglubuild.jobserver).
             self.extra_env.update(jobserver.env())
@@ -411,7 +418,7 @@ class Engine:
             self.plan.packages[name].signature, target=self.target,
             from_phase=self.from_phase, keep_work=self.keep_work,
             jobs=self.settings.jobs, launcher=self.launcher, extra_env=self.extra_env,
-            on_phase=self.on_phase, steps=self.steps,
+            on_phase=self.on_phase, steps=self.steps, netns=self.netns,
         ))
 
 
@@ -542,7 +549,8 @@ def _unpack(lr: LoadedRecipe, settings: Settings, paths: WorkPaths,
 
 
 def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, str],
-               srcdir: Path, paths: WorkPaths, sysroot: Path, log: IO[bytes]) -> None:
+               srcdir: Path, paths: WorkPaths, sysroot: Path, log: IO[bytes],
+               netns: NetNamespace | None = None) -> None:
     recipe = lr.recipe
     if paths.stamp(phase).exists():
         _note(log, f"{phase}: done before, skipped")
@@ -565,8 +573,9 @@ def _run_phase(lr: LoadedRecipe, phase: str, executor: Executor, env: dict[str, 
             # without it distcc cannot lock a volunteer and compiles locally.
             writable=(paths.work, *_distcc_dir(env)), readonly=(sysroot,),
             # Builds have no network, except that compiles sent to the distcc
-            # farm must reach its volunteers (--farm sets DISTCC_HOSTS).
-            network="DISTCC_HOSTS" in env,
+            # farm must reach its volunteers (--farm sets DISTCC_HOSTS): those
+            # phases join the farm's namespace, which reaches them and nothing else.
+            netns=netns if "DISTCC_HOSTS" in env else None,
         )
         rc = executor.run_phase(job, log)
         if rc != 0:

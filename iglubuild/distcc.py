@@ -256,15 +256,19 @@ class CompileTally:
 MAX_WARNINGS = 20
 
 
-def tally_compiles(log_path: Path) -> CompileTally:
+def tally_compiles(log_path: Path, aliases: Mapping[str, str] | None = None) -> CompileTally:
     """Count a build's remote and local compiles from its DISTCC_LOG file.
 
     Reads the log distcc wrote because the build phase had DISTCC_LOG set
     (iglubuild.build sets it in the work folder whenever DISTCC_HOSTS is).
     The client's own log is exact for this build, unlike the volunteers'
     counters, which other builds sharing the farm move too. A missing log
-    means distcc never ran: nothing was compiled.
+    means distcc never ran: nothing was compiled. `aliases` maps the hosts
+    distcc was given to the volunteers they stand for: the farm's relays
+    (iglubuild.farmnet), `127.0.0.1:port` -> the volunteer's `address:port`,
+    in the counts and in the warnings.
     """
+    aliases = aliases or {}
     tally = CompileTally()
     open_: set[str] = set()  # pids with a distributable compile not yet placed
     # pids whose compile failed on the volunteer: the code is bad (configure
@@ -293,6 +297,7 @@ def tally_compiles(log_path: Path) -> CompileTally:
                 else:
                     # "addr:port/slots,options" -> "addr:port"
                     key = host.split("/", 1)[0]
+                    key = aliases.get(key, key)
                     tally.remote += 1
                     tally.hosts[key] = tally.hosts.get(key, 0) + 1
             elif _EXIT.match(text):
@@ -304,6 +309,8 @@ def tally_compiles(log_path: Path) -> CompileTally:
                 bad_code.add(pid)
             elif (text.startswith(("Warning:", "ERROR:", "(dcc_build_somewhere) Warning:"))
                   and pid not in bad_code and len(tally.warnings) < MAX_WARNINGS):
+                for local, remote in aliases.items():
+                    text = re.sub(re.escape(local) + r"(?!\d)", remote, text)
                 tally.warnings.append(text)
     tally.local += len(open_)  # killed mid-compile
     return tally
@@ -322,14 +329,16 @@ class CompileRecorder:
     name = "compile tally"
     always = True
 
-    def __init__(self) -> None:
+    def __init__(self, aliases: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
         self._tallies: dict[str, CompileTally] = {}
+        # The farm's relays -> the volunteers (see tally_compiles).
+        self.aliases = dict(aliases or {})
 
     def __call__(self, built: Built) -> None:
         if "DISTCC_HOSTS" not in built.env:
             return  # a no-distcc recipe in a --farm run
-        tally = tally_compiles(built.paths.compile_log)
+        tally = tally_compiles(built.paths.compile_log, self.aliases)
         for warning in tally.warnings:
             built.note(f"distcc: {warning}")
         hosts = ", ".join(f"{host} {n}" for host, n in sorted(tally.hosts.items()))

@@ -69,12 +69,30 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class NetNamespace:
+    """A network namespace a phase joins instead of an empty one of its own.
+
+    The distcc farm's (iglubuild.farmnet.FarmNet): a loopback on which only
+    the relays to the volunteers listen. `path` names it for ``nsenter
+    --net`` (host and chroot executors); `container` is the container that
+    holds it under the docker executor, whose network phase containers share
+    (Docker cannot join a namespace by path).
+    """
+
+    path: str
+    container: str | None = None
+
+
+@dataclass(frozen=True)
 class PhaseJob:
     """One phase of one package, ready to run.
 
     `script` is run as `sh -e -c script` in `cwd` with exactly `env`.
     `writable` are host folders the phase may write (work folder, pkgdir);
     `readonly` are host folders it may read (sysroot, toolchain files).
+    A phase has no network (an empty namespace, only a loopback) unless
+    `netns` names the one it joins: the farm's, for phases that send
+    compiles to the distcc farm.
     """
 
     package: str
@@ -84,7 +102,8 @@ class PhaseJob:
     env: dict[str, str]
     writable: tuple[Path, ...] = ()
     readonly: tuple[Path, ...] = ()
-    network: bool = False  # builds have no network; only tests may flip this
+    network: bool = False  # the host's whole network; only tests may flip this
+    netns: NetNamespace | None = None
     extra_mounts: tuple[Mount, ...] = field(default=())
 
 

@@ -225,12 +225,15 @@ def _free_port_pair() -> int:
 def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
         executor: DockerExecutor, tmp_path: Path) -> None:
     """A package built through the engine with the distcc launcher, as `--farm` does:
-    the phase's container (host network) sends its compile to a real distccd on
-    127.0.0.1, with local fallback off, and distcc's state folder is writable."""
+    the phase's container (in the farm's network: tests/test_farmnet.py) sends its
+    compile through the relay to a real distccd on 127.0.0.1, with local fallback
+    off, and distcc's state folder is writable."""
     from dataclasses import replace
 
     from iglubuild.build import BuildJob, build_package
+    from iglubuild.distcc import Volunteer
     from iglubuild.farm import read_stats
+    from iglubuild.farmnet import farm_network
     from iglubuild.recipe import load_tree
     from iglubuild.target import load_target
 
@@ -269,8 +272,12 @@ def test_farm_compiles_from_a_container_reach_a_distccd_on_the_host(
         lr = load_tree(recipes).recipes["remote"]
         # f.c needs no C library: leave musl out of the sysroot.
         target = replace(load_target(), implicit_build_deps=())
-        artifacts = build_package(BuildJob(lr, settings, executor, [], "sig", target=target,
-                                           launcher=("distcc",), extra_env=farm_env))
+        volunteer = Volunteer("t1", 1, "node", "127.0.0.1", port, "running", slots=2)
+        with farm_network(executor, [volunteer]) as net:
+            assert net is not None
+            artifacts = build_package(BuildJob(lr, settings, executor, [], "sig",
+                                               target=target, launcher=("distcc",),
+                                               extra_env=farm_env, netns=net.namespace))
         assert [a.name for a in artifacts] == ["remote-1-r1.x86_64.tar.zst"]
         assert int(read_stats("127.0.0.1", port + 1)["dcc_compile_ok"]) == 1
         assert (distcc_dir / "lock").is_dir()  # distcc's state, written from the container

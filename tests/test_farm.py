@@ -394,6 +394,90 @@ def test_cli_farm_pkg_compiles_on_the_volunteers_and_matches_a_local_build(
     assert ran.stdout == expected.stdout and ran.stdout.count("\n") == PROGRAM_FILES + 1
 
 
+@pytest.mark.parametrize("executor", ["host", "chroot", "docker"])
+def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, toolchain_image,
+                                                                executor, tmp_path):
+    """`iglubuild --farm pkg` with each executor: the phase is in the farm's own
+    network (iglubuild.farmnet), where 127.0.0.1:<volunteer port> is a relay to the
+    volunteer and nothing else answers: not the volunteers' stats ports on the
+    host's 127.0.0.1, not a server on 127.0.0.1, not one on the host's own address.
+    The compiles are counted by the volunteers' own statistics."""
+    import docker
+
+    from tests.engine_support import write_recipe
+    from tests.test_docker_executor import _project_build_dir, _untag
+    from tests.test_farmnet import ProbeServer, _check_confined, _host_address, _reach_script
+
+    build = tmp_path / "build"
+    ident = None
+    if executor != "host":
+        given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
+        if executor == "chroot" and not (given and (Path(given) / "bin" / "sh").exists()):
+            pytest.skip("needs IGLUBUILD_TEST_BUILDROOT (a build root)")
+        # The build root (chroot) and the toolchain image tagged with its id (docker).
+        ident = _project_build_dir(build, toolchain_image)
+    volunteers = farm.wait_for_volunteers(docker.from_env(), 2, 60)
+    probes = [ProbeServer("127.0.0.1")]
+    address = _host_address()
+    if address is not None:  # the machine's own address; stopped below
+        probes.append(ProbeServer(address))
+    try:
+        targets = [("127.0.0.1", v.port) for v in volunteers]
+        targets += [("127.0.0.1", v.stats_port) for v in volunteers]
+        targets += [(p.address, p.port) for p in probes]
+        recipes = tmp_path / "recipes"
+        # A stand-in C library (every recipe needs musl and musl-dev): shell only.
+        write_recipe(recipes, "musl", """
+            name: musl
+            version: "1"
+            package: |
+              mkdir -p "$pkgdir/usr/lib" "$pkgdir/usr/include"
+              touch "$pkgdir/usr/lib/libc.a" "$pkgdir/usr/include/stdio.h"
+            subpackages:
+              dev: [usr/include, usr/lib/libc.a]
+            """)
+        write_recipe(recipes, "reach", """
+            name: reach
+            version: "1"
+            sources:
+              - url: TARBALL_URL
+            build: |
+              $CC -O2 -c f1.c -o f1.o
+              $CC -O2 -c f2.c -o f2.o
+              sh reach.sh
+            package: |
+              install -D -m644 reach.txt "$pkgdir/share/reach.txt"
+            """, {"f1.c": "int one(int x) { return x + 1; }\n",
+                  "f2.c": "int two(int x) { return x + 2; }\n",
+                  "reach.sh": _reach_script(targets)})
+        before = _compiles(volunteers)
+        result = _iglubuild(recipes, build, "--executor", executor, "--farm", "pkg", "reach")
+        after = _compiles(volunteers)
+        assert result.returncode == 0, result.stderr[-3000:]
+        # Two compiles, plus the identity probe `discover` sends each volunteer.
+        assert sum(after.values()) - sum(before.values()) == 2 + len(volunteers)
+        (line,) = FARM_LINE.findall(result.stderr)
+        assert (int(line[0]), int(line[1])) == (2, 2), result.stderr
+        root = tmp_path / "root"
+        (artifact,) = (build / "packages" / "x86_64").glob("reach-1-r1.*.tar.zst")
+        install_artifact(artifact, root)
+        reach_txt = root / "share/reach.txt"
+        text = reach_txt.read_text()
+        for v in volunteers:
+            assert f"127.0.0.1 {v.stats_port} closed" in text, text
+        for v in volunteers[1:]:
+            assert f"127.0.0.1 {v.port} open" in text, text
+        _check_confined(reach_txt, volunteers[0].port, probes)
+        if executor == "docker":  # the holder of the farm's network went with the run
+            assert docker.from_env().containers.list(
+                all=True, filters={"label": "iglubuild.package=farm-network"}) == []
+    finally:
+        for p in probes:
+            p.close()
+        if ident is not None:
+            _untag(ident, toolchain_image)
+
+
 def test_killing_a_volunteer_mid_build_still_finishes(running_farm, settings, program,
                                                      local_build, tmp_path):
     import docker

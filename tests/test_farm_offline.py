@@ -184,10 +184,12 @@ def test_tally_counts_remote_and_local_compiles_from_distccs_log(distccd, tmp_pa
 
 @needs_distccd
 def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
-    """build_package with the farm's launcher and DISTCC_HOSTS: distcc logs into the
-    work folder and the package log and the CompileRecorder step get the tally."""
+    """build_package with the farm's launcher and DISTCC_HOSTS, through the farm's
+    network as `--farm` runs it: distcc logs into the work folder and the package
+    log and the CompileRecorder step get the tally, naming the volunteer."""
     from iglubuild.build import POST_BUILD_STEPS, BuildJob, build_package, work_paths
     from iglubuild.executors.host import HostExecutor
+    from iglubuild.farmnet import farm_network
     from iglubuild.recipe import load_tree
     from iglubuild.settings import Settings
     from tests.engine_support import write_recipe
@@ -213,12 +215,17 @@ def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
     volunteer = distcc.Volunteer("t1", 1, "n1", addr, int(port), "running", slots=2)
     hosts = distcc.FarmHosts([volunteer], jobs=3, local_identity="x")
     launcher, extra = distcc.phase_additions(hosts, distcc_dir=tmp_path / "distcc")
-    recorder = distcc.CompileRecorder()
     tree = load_tree(recipes)
-    for name in ("farmed", "nodist"):
-        build_package(BuildJob(tree.recipes[name], settings, HostExecutor(), [], "sig",
-                               launcher=launcher, extra_env=extra, keep_work=True,
-                               steps=(*POST_BUILD_STEPS, recorder)))
+    executor = HostExecutor()
+    with farm_network(executor, hosts.volunteers) as net:
+        if net is not None:  # as root: the phases reach distccd through a relay
+            extra["DISTCC_HOSTS"] = net.distcc_hosts
+        recorder = distcc.CompileRecorder(net.aliases if net is not None else None)
+        for name in ("farmed", "nodist"):
+            build_package(BuildJob(tree.recipes[name], settings, executor, [], "sig",
+                                   launcher=launcher, extra_env=extra, keep_work=True,
+                                   steps=(*POST_BUILD_STEPS, recorder),
+                                   netns=net.namespace if net is not None else None))
     seen = recorder.tallies()
     assert set(seen) == {"farmed"}  # the no-distcc recipe has no DISTCC_HOSTS: no record
     assert recorder.summary_lines() == ["farm: 3 of 3 compiles remote on 1 volunteer, 0 local"]

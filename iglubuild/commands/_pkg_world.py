@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,9 @@ from iglubuild.executor import PHASES
 from iglubuild.settings import Settings
 
 if TYPE_CHECKING:  # world and pkg are imported at every start-up; the engine loads on use
+    from iglubuild.distcc import FarmHosts
+    from iglubuild.executor import Executor
+    from iglubuild.farmnet import FarmNet
     from iglubuild.graph import DepGraph
     from iglubuild.recipe import RecipeTree
     from iglubuild.session import BuildContext, Builder
@@ -107,31 +111,44 @@ def _leave_out(tree: RecipeTree, graph: DepGraph, names: Sequence[str] | None,
     return [n for n in order if n in keep], lines
 
 
-def _farm(settings: Settings) -> tuple[Settings, tuple[str, ...], dict[str, str]]:
-    """With --farm: the live farm's distcc launcher and environment, and a job
-    budget sized to the farm; without a farm running, a local build as asked."""
+def _farm(settings: Settings) -> tuple[Settings, FarmHosts | None]:
+    """With --farm: the live farm's usable volunteers, and a job budget sized to
+    the farm; without a farm running, a local build as asked."""
     if not settings.farm:
-        return settings, (), {}
-    from iglubuild.distcc import phase_additions
+        return settings, None
     from iglubuild.farm import discover
 
     hosts = discover(settings)
     if hosts is None:
         say("no distcc farm is running: building locally (start one with `iglubuild farm up`)")
-        return settings, (), {}
-    launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+        return settings, None
     say(f"distcc farm: {len(hosts.volunteers)} volunteer(s), {hosts.jobs} compile jobs"
         + (f", {len(hosts.excluded)} excluded (different compiler)" if hosts.excluded else ""))
-    return replace(settings, jobs=max(settings.jobs, hosts.jobs)), launcher, env
+    return replace(settings, jobs=max(settings.jobs, hosts.jobs)), hosts
+
+
+def _farm_phases(settings: Settings, hosts: FarmHosts | None,
+                 net: FarmNet | None) -> tuple[tuple[str, ...], dict[str, str], dict[str, str]]:
+    """(launcher, extra_env, aliases) for the phases of a --farm run.
+
+    With the farm's network (iglubuild.farmnet) DISTCC_HOSTS names its relays,
+    and `aliases` maps them back to the volunteers for the compile tally.
+    """
+    if hosts is None:
+        return (), {}, {}
+    from iglubuild.distcc import phase_additions
+
+    launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+    if net is None:
+        return launcher, env, {}
+    env["DISTCC_HOSTS"] = net.distcc_hosts
+    return launcher, env, dict(net.aliases)
 
 
 def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None) -> int:
     """Build the closure of `names` (everything if None); return the exit code."""
-    from iglubuild.distcc import CompileRecorder
     from iglubuild.executors import make_executor
-    from iglubuild.package import write_index
-    from iglubuild.session import Builder, run_build
-    from iglubuild.target import load_target
+    from iglubuild.farmnet import farm_network
 
     if settings.signing_key is not None and not args.dry_run:
         from iglubuild.xbps import public_key
@@ -145,16 +162,34 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         if not names:
             say("nothing can be built here until what is left out can be built")
             return 0
+    hosts = None
     if not args.dry_run:
-        settings, launcher, extra_env = _farm(settings)
-    else:
-        launcher, extra_env = (), {}
+        settings, hosts = _farm(settings)
     executor = make_executor(settings)
     if not args.dry_run:
         executor.check()
+    with ExitStack() as stack:
+        # Phases that compile on the farm reach its volunteers through the
+        # farm's own network namespace and nothing else; it lasts the run.
+        net = (stack.enter_context(farm_network(executor, hosts.volunteers))
+               if hosts is not None else None)
+        return _build(settings, args, names, command, tree, graph, left_out, executor,
+                      hosts, net)
+
+
+def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | None,
+           command: str, tree: RecipeTree, graph: DepGraph, left_out: list[str],
+           executor: Executor, hosts: FarmHosts | None, net: FarmNet | None) -> int:
+    """The run itself, while the farm's network `net` (if any) is open."""
+    from iglubuild.distcc import CompileRecorder
+    from iglubuild.package import write_index
+    from iglubuild.session import Builder, run_build
+    from iglubuild.target import load_target
+
+    launcher, extra_env, aliases = _farm_phases(settings, hosts, net)
     target = load_target()
     # With the farm, where each package's compiles ran, noted after its phases.
-    compiles = CompileRecorder() if "DISTCC_HOSTS" in extra_env else None
+    compiles = CompileRecorder(aliases) if "DISTCC_HOSTS" in extra_env else None
 
     def make_builder(ctx: BuildContext) -> Builder:
         from iglubuild.build import Engine
@@ -163,7 +198,8 @@ def build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | N
         engine = Engine(settings, executor, tree, ctx.plan, jobserver=ctx.jobserver,
                         on_phase=ctx.on_phase, target=target, keep_work=args.keep_work,
                         from_phase=args.from_phase, launcher=launcher, extra_env=extra_env,
-                        steps=[compiles] if compiles is not None else [])
+                        steps=[compiles] if compiles is not None else [],
+                        netns=net.namespace if net is not None else None)
         executor.usage_sink = ctx.on_usage
 
         def build_one(name: str) -> list[Path]:

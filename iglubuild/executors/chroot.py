@@ -109,14 +109,17 @@ class ChrootExecutor:
             for sub in ("upper", "work", "root"):
                 (scratch / sub).mkdir()
             mounts = self.mounts_for(job, scratch, interactive=interactive)
+            netns = job.netns.path if job.netns is not None else None
             if self.debug:
                 log.debug("sandbox of %s %s:\n%s", job.package, job.phase,
-                          describe(mounts, job.network))
+                          describe(mounts, job.network, netns))
             spec = scratch / "spec"
             status = scratch / "status"
-            write_spec(spec, scratch / "root", mounts, argv, job.cwd, job.env, job.network,
-                       status, least_privilege=not interactive)
-            cmd = sandbox_argv(spec, job.network)
+            # A joined namespace (the farm's) has its loopback up already.
+            write_spec(spec, scratch / "root", mounts, argv, job.cwd, job.env,
+                       job.network or netns is not None, status,
+                       least_privilege=not interactive)
+            cmd = sandbox_argv(spec, job.network, netns)
             # An interactive shell stays in the terminal's process group so
             # that it gets the terminal; a phase leads its own group.
             with self._phases.start(ticket, cmd, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},

@@ -17,9 +17,14 @@ docker Python SDK; the docker CLI is never run):
   log keeps the order of lines) under Docker's init (tini), which reaps
   orphans and passes SIGTERM on; the environment is exactly the job's
   (variables Docker adds itself, HOSTNAME and HOME, are removed again);
-- builds have no network: network mode ``none`` (only a loopback), or
-  ``host`` when the job asks for the network (compiles sent to the distcc
-  farm); never a bridge or overlay network;
+- builds have no network: network mode ``none`` (only a loopback); a phase
+  that sends compiles to the distcc farm joins the farm's network
+  (iglubuild.farmnet), which reaches the volunteers' distcc ports and nothing
+  else. Docker cannot join a namespace given by path, so the farm's namespace
+  is that of a *holder* container (`netns_holder`: network mode ``none``,
+  only sleeping), set up by iglubuild from outside, and such phases use
+  network mode ``container:<holder>``. Never a bridge or overlay network
+  (``host`` only when a test asks for `PhaseJob.network`);
 - the container runs as root (uid 0), like the chroot executor: files the
   phase writes in the bind mounts belong to root, as iglubuild runs as root;
   the container's own writable layer is thrown away with it, so a phase can
@@ -47,7 +52,8 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -77,6 +83,8 @@ LABEL_EXECUTOR = "iglubuild.executor"
 LABEL_PACKAGE = "iglubuild.package"
 LABEL_PHASE = "iglubuild.phase"
 LABEL_OWNER = "iglubuild.owner"  # "<host name>:<pid>" of the iglubuild that made it
+# The package and phase labels of the farm network's holder container.
+HOLDER_LABEL = "farm-network"
 
 
 def image_ref(toolchain_id: str) -> str:
@@ -215,6 +223,42 @@ class DockerExecutor:
     def toolchain_id(self) -> str:
         return self._toolchain_id
 
+    # ------------------------------------------------------------------ the farm's network
+
+    @contextmanager
+    def netns_holder(self) -> Iterator[tuple[str, str]]:
+        """A container that only holds a network namespace: (its path, the container id).
+
+        The farm's network (iglubuild.farmnet.FarmNet) is set up inside it
+        from outside (setns through /proc/<its pid>/ns/net), and phase
+        containers share it with network mode ``container:<id>``. It has
+        network mode ``none`` (only a loopback), no capabilities, and this
+        executor's labels (so a killed iglubuild's holder is removed by the
+        next run like a phase container); it is removed when the block ends.
+        Phases sharing its network also get its host name, hence HOSTNAME.
+        """
+        if self._image_env is None:
+            self.check()
+        try:
+            holder = self.client.containers.run(
+                self.image, ["sleep", "infinity"], detach=True, init=True, user="0:0",
+                network_mode="none", hostname=HOSTNAME, cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                labels={LABEL_EXECUTOR: self.name, LABEL_PACKAGE: HOLDER_LABEL,
+                        LABEL_PHASE: HOLDER_LABEL, LABEL_OWNER: self.owner})
+        except _engine_errors() as exc:
+            raise BuildError(f"cannot start the farm network's container: {exc}",
+                             hint="see the Docker engine's log") from exc
+        try:
+            holder.reload()
+            pid = int(holder.attrs.get("State", {}).get("Pid") or 0)
+            if pid <= 0:
+                raise BuildError(f"the farm network's container {holder.short_id} is not running",
+                                 hint="see the Docker engine's log")
+            yield f"/proc/{pid}/ns/net", str(holder.id)
+        finally:
+            _remove(holder)
+
     # ------------------------------------------------------------------ phases
 
     def mounts_for(self, job: PhaseJob) -> list[Mount]:
@@ -284,12 +328,22 @@ class DockerExecutor:
         if self._image_env is None:
             self.check()
         mounts = self.mounts_for(job)
+        network: dict[str, str]
+        if job.netns is not None:
+            if job.netns.container is None:
+                raise BuildError(f"{job.package} {job.phase}: the docker executor joins a "
+                                 "network through a container, not a namespace path",
+                                 hint="open the farm's network with iglubuild.farmnet."
+                                      "farm_network(executor, ...)")
+            # The holder's host name is HOSTNAME; Docker refuses a hostname here.
+            network = {"network_mode": f"container:{job.netns.container}"}
+        elif job.network:
+            network = {"network_mode": "host"}
+        else:
+            network = {"network_mode": "none", "hostname": HOSTNAME}
         if self.debug:
             log.debug("container of %s %s (network %s):\n%s", job.package, job.phase,
-                      "host" if job.network else "none",
-                      "\n".join("  " + m.describe() for m in mounts))
-        network = {"network_mode": "host"} if job.network else {
-            "network_mode": "none", "hostname": HOSTNAME}
+                      network["network_mode"], "\n".join("  " + m.describe() for m in mounts))
         with self._lock:
             generation = self._generation
         try:

@@ -7,10 +7,13 @@ namespaces (the chroot executor's, without the chroot: see
 iglubuild.executors.sandbox): a PID namespace whose init is ours, so that
 nothing a phase starts outlives it, even when iglubuild itself is killed
 with kill -9 (the namespace is tied to iglubuild by PR_SET_PDEATHSIG); an
-empty network namespace (builds have no network); the host name
-"iglubuild". Without root the host executor can do none of that: phases
-then see the network and a killed iglubuild leaves them running
-(`isolated` says which).
+empty network namespace (builds have no network), or for a phase that
+sends compiles to the distcc farm the farm's namespace, which reaches the
+volunteers' distcc ports and nothing else (iglubuild.farmnet); the host name
+"iglubuild". Without root the host executor can do none of that: nothing is
+confined, phases then see the host's whole network (with --farm, too: the
+farm's namespace needs root, so they get the volunteers' own addresses) and
+a killed iglubuild leaves them running (`isolated` says which).
 """
 
 from __future__ import annotations
@@ -89,9 +92,11 @@ class HostExecutor:
         with tempfile.TemporaryDirectory(prefix="iglubuild-phase-") as tmp:
             spec, status = Path(tmp) / "spec", Path(tmp) / "status"
             shell = which("sh") or Path("/bin/sh")
+            netns = job.netns.path if job.netns is not None else None
+            # A joined namespace (the farm's) has its loopback up already.
             write_spec(spec, None, [], [str(shell), "-e", "-c", job.script], job.cwd, job.env,
-                       job.network, status)
-            rc = self._run(ticket, job, sandbox_argv(spec, job.network), log_file)
+                       job.network or netns is not None, status)
+            rc = self._run(ticket, job, sandbox_argv(spec, job.network, netns), log_file)
             # The init records the phase's own status (a signal told from exit
             # 128+N); without it the init itself was killed.
             try:

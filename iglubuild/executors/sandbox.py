@@ -13,7 +13,11 @@ starts ``sh -e -c SCRIPT`` chrooted into an overlay of the build root:
 - PID namespace: when PID 1 exits the kernel kills everything left, so no
   stray daemon or background job outlives a phase;
 - network namespace: only a loopback interface, no route out (builds have no
-  network; only the fetch stage talks to the network);
+  network; only the fetch stage talks to the network). A phase that sends
+  compiles to the distcc farm joins the farm's namespace instead
+  (``nsenter --net=PATH`` around it, unshare without ``--net``): a loopback
+  on which only iglubuild's relays to the volunteers listen
+  (iglubuild.farmnet);
 - the root is an overlay whose lower layer is the build root and whose upper
   and work layers live in a scratch folder per phase, so a phase can never
   change the build root; the work folder, sysroot and $pkgdir are bind-mounted
@@ -125,20 +129,27 @@ def _mount_data(m: Mount) -> dict[str, object]:
     return d
 
 
-def sandbox_argv(spec_file: Path, network: bool) -> list[str]:
+def sandbox_argv(spec_file: Path, network: bool, netns: str | None = None) -> list[str]:
     """The host command that enters fresh namespaces and runs the init with `spec_file`.
 
     setpriv --pdeathsig KILL ties the sandbox to the iglubuild thread that
     started it: if iglubuild dies, even by kill -9, unshare is killed, and
     its --kill-child takes PID 1 and so the whole namespace with it.
+    `netns` (a path nsenter opens, e.g. /proc/<iglubuild pid>/fd/<fd>) is a
+    network namespace to join instead of a fresh, empty one: nsenter enters
+    it and execs the rest (it forks only for a PID namespace), so setpriv's
+    parent is still iglubuild.
     """
     unshare, setpriv = host_tools()
     ns = ["--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
           "--propagation", "private"]
-    if not network:
+    if not network and netns is None:
         ns.insert(2, "--net")
-    return [setpriv, "--pdeathsig", "KILL", "--", unshare, *ns,
+    argv = [setpriv, "--pdeathsig", "KILL", "--", unshare, *ns,
             sys.executable, "-I", "-S", str(NSINIT), str(spec_file)]
+    if netns is not None:
+        argv = [require_tool("nsenter", "util-linux"), f"--net={netns}", "--", *argv]
+    return argv
 
 
 def write_spec(
@@ -176,9 +187,11 @@ def write_spec(
     spec_file.write_bytes(marshal.dumps(spec))
 
 
-def describe(mounts: Sequence[Mount], network: bool) -> str:
+def describe(mounts: Sequence[Mount], network: bool, netns: str | None = None) -> str:
     """Human-readable sandbox, one mount a line (for --debug)."""
-    lines = ["namespaces: mount, pid, uts, ipc" + ("" if network else ", net (loopback only)")]
+    net = (f", the farm's net {netns} (relays to the volunteers only)" if netns
+           else "" if network else ", net (loopback only)")
+    lines = ["namespaces: mount, pid, uts, ipc" + net]
     lines += ["  " + m.describe() for m in mounts]
     return "\n".join(lines)
 
