@@ -76,8 +76,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, serve):  # type: ignore[no-u
     kernel = debian_kernel(build)
     proc = _iglubuild(build, "--mirror", mirror, "world", "--keep-going", "--boot",
                       "--firmware", "direct", "--kernel", str(kernel),
-                      "--packages", "iglunix-base", "curl", "zstd", "iglupkg", "--with-repo", "--run",
-                      GUEST_COMMANDS)
+                      "--packages", "iglunix-base", "curl", "zstd", "iglupkg", "--with-repo",
+                      "--run", GUEST_COMMANDS)
     return build, proc
 
 
