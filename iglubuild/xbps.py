@@ -241,7 +241,11 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
             groups["links"].append(item)
         else:
             groups["dirs"].append(item)
-    return {k: v for k, v in groups.items() if v}
+    # xbps-create walks the tree with scandir(alphasort): each folder's entries in
+    # order, a folder before what it holds, so `lzma/base.h` comes before `lzma.h`
+    # ('/' sorts after '.' in a plain string sort, not here).
+    return {k: sorted(v, key=lambda item: item["file"].split("/"))
+            for k, v in groups.items() if v}
 
 
 def link_target(path: str, target: str) -> str:

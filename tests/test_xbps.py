@@ -52,6 +52,9 @@ def make_tree(root: Path) -> Path:
         "usr/lib/libz.a": b"archive",
         "usr/include/zlib.h": b"int f(void);\n",
         "etc/z.conf": b"level=9\n",
+        # A file beside a folder of the same stem: xbps-create's order is not a string sort.
+        "usr/share/zlib.txt": b"notes\n",
+        "usr/share/zlib/README": b"more notes\n",
     }
     for rel, data in files.items():
         p = root / rel
@@ -111,7 +114,8 @@ def test_package_name_members_and_props(tmp_path: Path) -> None:
     assert names[:2] == ["./props.plist", "./files.plist"]
     # Folders are in files.plist only: xbps's unpacker skips folder members.
     assert names[2:] == ["./etc/z.conf", "./usr/bin/zt", "./usr/bin/ztool",
-                         "./usr/share/iglupkg/zlib"]
+                         "./usr/share/iglupkg/zlib", "./usr/share/zlib.txt",
+                         "./usr/share/zlib/README"]
     assert all(m.uid == 0 and m.uname == "root" and m.mtime <= EPOCH for m in members(main))
     props = read_plist_member(main, "props.plist")
     assert props["pkgver"] == "zlib-1.3.2_2" and props["version"] == "1.3.2_2"
@@ -120,7 +124,10 @@ def test_package_name_members_and_props(tmp_path: Path) -> None:
     assert props["license"] == "Zlib" and props["homepage"] == "https://zlib.net"
     files = read_plist_member(main, "files.plist")
     assert [f["file"] for f in files["conf_files"]] == ["/etc/z.conf"]
-    assert {f["file"] for f in files["files"]} == {"/usr/bin/ztool", "/usr/share/iglupkg/zlib"}
+    # In xbps-create's order: a folder's entries before the next name of its parent.
+    assert [f["file"] for f in files["files"]] == [
+        "/usr/bin/ztool", "/usr/share/iglupkg/zlib", "/usr/share/zlib/README",
+        "/usr/share/zlib.txt"]
     tool = next(f for f in files["files"] if f["file"] == "/usr/bin/ztool")
     assert tool["sha256"] == hashlib.sha256(b"#!/bin/sh\necho z\n").hexdigest()
     assert tool["size"] == len(b"#!/bin/sh\necho z\n")
