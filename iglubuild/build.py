@@ -25,7 +25,7 @@ import datetime
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
@@ -152,6 +152,7 @@ class Built:
     sysroots: SysrootCache
     note: Callable[[str], None]
     phases_ok: bool = True
+    options: frozenset[str] = frozenset()  # the recipe's `options`
 
 
 class PostBuildStep(Protocol):
@@ -198,11 +199,77 @@ def _no_glibc(built: Built) -> None:
                           tail_of(built.paths.log))
 
 
+def _drop_libtool_archives(built: Built) -> None:
+    """Remove libtool archives (`*.la`) from $pkgdir, as xbps-src does by default.
+
+    A .la names where its library's dependencies were found, which in a
+    build here is the sysroot: libtool then links the next package with a
+    RUNPATH into this machine's sysroot folder (libarchive's bsdtar did) and
+    the .la itself carries the path (curl's did). pkg-config files and the
+    linker's own search do the same work without them. `keep-libtool-archives`
+    in a recipe's options keeps them.
+    """
+    if "keep-libtool-archives" in built.options:
+        return
+    pkgdir = built.paths.pkgdir
+    for path in sorted(pkgdir.rglob("*.la")):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            built.note(f"removed libtool archive {path.relative_to(pkgdir)} "
+                       "(options: [keep-libtool-archives] keeps them)")
+
+
+# Bytes read per piece when a package's files are searched for build paths.
+_SCAN_PIECE = 1 << 20
+
+
+def _files_naming(root: Path, needles: Sequence[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(path relative to `root`, needle) for each regular file holding one of `needles`."""
+    overlap = max(len(n) for n in needles) - 1
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        tail = b""
+        with path.open("rb") as f:
+            while piece := f.read(_SCAN_PIECE):
+                window = tail + piece
+                hit = next((n for n in needles if n in window), None)
+                if hit is not None:
+                    yield str(path.relative_to(root)), hit
+                    break
+                tail = window[-overlap:] if overlap else b""
+
+
+def _no_build_paths(built: Built) -> None:
+    """Nothing in $pkgdir may name this machine's sysroot or work folder.
+
+    Such a path is a RUNPATH the target cannot use, a -L that breaks the next
+    build against this package, and a package whose bytes change with the
+    build folder (`iglubuild verify`); abuild refuses the same. The check
+    reads every file once; a hit fails the package phase naming the file.
+    """
+    needles = [str(built.sysroot.path).encode(), str(built.paths.work).encode()]
+    found = list(_files_naming(built.paths.pkgdir, needles))
+    if not found:
+        return
+    names = {needles[0]: "sysroot", needles[1]: "work folder"}
+    for rel, needle in found:
+        built.note(f"names the build's {names[needle]} ({needle.decode()}): {rel}")
+    built.paths.stamp("package").unlink(missing_ok=True)
+    rel, needle = found[0]
+    raise PhaseFailed(built.package, "package",
+                      f"{len(found)} file(s) name the build's {names[needle]}, first {rel}; "
+                      f"remove the path in package: (e.g. sed -i \"s|$SYSROOT||g\" FILE)",
+                      built.paths, tail_of(built.paths.log))
+
+
 # Run in this order after every build; callers add their own after these
 # (the farm's compile tally: iglubuild.distcc.CompileRecorder).
 POST_BUILD_STEPS: tuple[PostBuildStep, ...] = (
     _Step("sysroot check", _sysroot_untouched),
     _Step("glibc check", _no_glibc),
+    _Step("libtool archives", _drop_libtool_archives),
+    _Step("build path check", _no_build_paths),
 )
 
 
@@ -299,7 +366,8 @@ def build_package(job: BuildJob) -> list[Path]:
                 if "no-parallel" in recipe.options:
                     env["MAKEFLAGS"] = "-j1"  # not even a shared jobserver's slots
                 built = Built(recipe.name, paths, env, sysroot, cache,
-                              lambda text: _note(log, text), phases_ok=False)
+                              lambda text: _note(log, text), phases_ok=False,
+                              options=frozenset(recipe.options))
                 current = step("unpack")
                 srcdir = _unpack(lr, settings, paths,
                                  job.prepare_source or default_prepare_source(), log)

@@ -57,7 +57,8 @@ if TYPE_CHECKING:  # the recipe model and the graph load pydantic and networkx
     from iglubuild.recipe import RecipeTree
 
 STATE_FORMAT = 1
-SIGNATURE_SALT = b"iglubuild-signature-1\0"
+# 2: packages lost their libtool archives and are checked for build paths.
+SIGNATURE_SALT = b"iglubuild-signature-2\0"
 DEFAULT_ESTIMATE = 1.0  # seconds assumed for a package never built before
 
 

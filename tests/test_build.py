@@ -130,14 +130,15 @@ def test_phase_environment_is_whitelisted_and_complete(env: Env,
         name: envdump
         version: "0.1"
         package: |
-          env > "$pkgdir/env.txt"
-          command -v cc > "$pkgdir/cc.txt"
-          pwd > "$pkgdir/pwd.txt"
+          # Beside $pkgdir, not in it: a package naming the build's folders is refused.
+          env > "$pkgdir/../env.txt"
+          command -v cc > "$pkgdir/../cc.txt"
+          pwd > "$pkgdir/../pwd.txt"
           bad --gmake echo shimmed > "$pkgdir/bad.txt"
         """)
     env.build("envdump", keep_work=True, jobs=3)
     paths = work_paths(env.settings, "envdump")
-    seen = dict(line.split("=", 1) for line in (paths.pkgdir / "env.txt").read_text().splitlines()
+    seen = dict(line.split("=", 1) for line in (paths.work / "env.txt").read_text().splitlines()
                 if "=" in line)
     assert "IGLUBUILD_LEAK_CHECK" not in seen
     for var in ("pkgname pkgver pkgdir srcdir ARCH TRIPLE HOST_TRIPLE JOBS CC CXX CFLAGS "
@@ -152,11 +153,11 @@ def test_phase_environment_is_whitelisted_and_complete(env: Env,
     assert seen["PKG_CONFIG_SYSROOT_DIR"] == sysroot
     assert seen["SOURCE_DATE_EPOCH"] == str(EPOCH)
     # `cc` is the wrapper pinning the target and this package's sysroot.
-    assert (paths.pkgdir / "cc.txt").read_text().strip() == str(paths.bindir / "cc")
+    assert (paths.work / "cc.txt").read_text().strip() == str(paths.bindir / "cc")
     wrapper = (paths.bindir / seen["CC"]).read_text()
     assert f"--sysroot={sysroot}" in wrapper and "-target x86_64-linux-musl" in wrapper
     assert "--unwindlib=none" in wrapper
-    assert (paths.pkgdir / "pwd.txt").read_text().strip() == seen["srcdir"]
+    assert (paths.work / "pwd.txt").read_text().strip() == seen["srcdir"]
     # Iglunix's `bad --gmake CMD` runs CMD.
     assert (paths.pkgdir / "bad.txt").read_text() == "shimmed\n"
 
@@ -199,6 +200,54 @@ def test_glibc_linked_binary_fails_the_build(env: Env) -> None:
     assert "usr/bin/true" in info.value.message
     assert "ld-linux-x86-64.so.2" in info.value.message
     assert packed(env) == []
+
+
+def test_a_package_naming_the_build_folders_fails_the_build(env: Env) -> None:
+    """A path into this machine's sysroot or work folder (a RUNPATH, a -L in a
+    *-config script) is refused, wherever in a file it sits, naming the file."""
+    write_recipe(env.recipes, "pathleak", """
+        name: pathleak
+        version: "1"
+        package: |
+          mkdir -p "$pkgdir/usr/bin" "$pkgdir/usr/share/pathleak"
+          # Past the first MiB piece, so the search must carry across pieces.
+          head -c 1048570 /dev/zero > "$pkgdir/usr/share/pathleak/big"
+          printf '%s/usr/lib' "$SYSROOT" >> "$pkgdir/usr/share/pathleak/big"
+          printf '#!/bin/sh\\necho -L%s/usr/lib\\n' "$SYSROOT" > "$pkgdir/usr/bin/pathleak-config"
+          echo fine > "$pkgdir/usr/share/pathleak/clean"
+        """)
+    with pytest.raises(PhaseFailed, match="name the build's sysroot") as info:
+        env.build("pathleak")
+    assert "2 file(s)" in info.value.message and "usr/bin/pathleak-config" in info.value.message
+    assert "$SYSROOT" in info.value.message  # how to fix it
+    log = work_paths(env.settings, "pathleak").log.read_text()
+    assert "names the build's sysroot" in log and "usr/share/pathleak/big" in log
+    assert "clean" not in log.split("package done")[-1]
+    assert packed(env) == []
+
+
+def test_libtool_archives_are_dropped_unless_kept(env: Env) -> None:
+    body = """
+        name: {name}
+        version: "1"
+        {options}
+        package: |
+          mkdir -p "$pkgdir/usr/lib"
+          echo "libdir='/usr/lib'" > "$pkgdir/usr/lib/lib{name}.la"
+          echo lib > "$pkgdir/usr/lib/lib{name}.a"
+        """
+    write_recipe(env.recipes, "dropla", body.format(name="dropla", options=""))
+    write_recipe(env.recipes, "keepla", body.format(
+        name="keepla", options="options: [keep-libtool-archives]"))
+    contents = {}
+    for name in ("dropla", "keepla"):
+        artifact, = env.build(name)
+        contents[name] = sorted(install_artifact(artifact, env.settings.build_dir / name))
+    assert [p for p in contents["dropla"] if p.startswith("usr/lib")] == [
+        "usr/lib", "usr/lib/libdropla.a"]
+    assert "usr/lib/libkeepla.la" in contents["keepla"]
+    log = work_paths(env.settings, "dropla").log.read_text()
+    assert "removed libtool archive usr/lib/libdropla.la" in log
 
 
 def test_no_check_option_skips_check(env: Env) -> None:

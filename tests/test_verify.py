@@ -37,8 +37,9 @@ def _tree(recipes: Path) -> None:
     # The hour of the epoch in the phase's time zone: 00 in UTC, 14 had the
     # rebuild's TZ=Etc/GMT-14 (iglubuild's own) reached the phase.
     _pkg(recipes, "tzdep", 'date -d @0 +%H > "$pkgdir/usr/share/tzdep/hour"')
-    # Where it was built: another build path gives another file.
-    _pkg(recipes, "pathdep", 'pwd > "$pkgdir/usr/share/pathdep/where"')
+    # Where it was built: another build path gives another file. (A hash of it:
+    # a package naming the build's folder outright is refused by the build.)
+    _pkg(recipes, "pathdep", 'pwd | cksum > "$pkgdir/usr/share/pathdep/where"')
     _pkg(recipes, "stamp", 'date +%s%N > "$pkgdir/usr/share/stamp/built-at"',
          extra="unreproducible: records the time of its build\n")
 
