@@ -205,8 +205,8 @@ def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
           $CC -E f1.c -o f1.i
           env | grep ^DISTCC_ > distcc.env || true
         package: |
-          mkdir -p "$pkgdir/share"
-          cp distcc.env "$pkgdir/share/"
+          # Beside $pkgdir: DISTCC_LOG names the work folder, which a package may not.
+          cp distcc.env "$pkgdir/../"
         """
     write_recipe(recipes, "farmed", body.format(name="farmed", options=""))
     write_recipe(recipes, "nodist", body.format(name="nodist", options="options: [no-distcc]"))
@@ -233,14 +233,14 @@ def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
     assert (farmed.remote, farmed.local) == (3, 0)
     assert farmed.hosts == {distccd: 3}
     paths = work_paths(settings, "farmed")
-    env_seen = (paths.pkgdir / "share/distcc.env").read_text()
+    env_seen = (paths.work / "distcc.env").read_text()
     assert f"DISTCC_LOG={paths.compile_log}" in env_seen
     assert paths.compile_log.is_file()
     assert f"farm: 3 of 3 compiles remote on 1 volunteer, 0 local ({distccd} 3)" \
         in paths.log.read_text()
     # no-distcc: no launcher, and none of the farm's variables (nor its network).
     assert "nodist" not in seen
-    assert (work_paths(settings, "nodist").pkgdir / "share/distcc.env").read_text() == ""
+    assert (work_paths(settings, "nodist").work / "distcc.env").read_text() == ""
 
 
 def test_farm_flag_without_farm_builds_locally(tmp_path, monkeypatch, cli):
