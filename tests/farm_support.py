@@ -122,8 +122,8 @@ class NetNode:
 
     @classmethod
     def create(cls, name: str, host_addr: str, node_addr: str, prefix: int = 30) -> NetNode:
-        tag = name[-6:]
-        node = cls(name=name, host_if=f"vh-{tag}"[:15], node_if=f"vn-{tag}"[:15],
+        tag = name.removeprefix("iglu-")[-12:]  # interface names have 15 characters
+        node = cls(name=name, host_if=f"vh-{tag}", node_if=f"vn-{tag}",
                    host_addr=host_addr, node_addr=node_addr, prefix=prefix)
         node.remove()  # left over from a session that died
         try:

@@ -39,6 +39,7 @@ import pytest
 
 from iglubuild import distcc, farm
 from iglubuild.distcc import Volunteer
+from iglubuild.settings import Settings
 from tests.conftest import DISTFILES, REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -108,10 +109,12 @@ class TwoNodes:
         argv = ["--build-dir", str(build), *args]
         where = "manager" if host is self.manager else "worker "
         self.commands.append(f"[{where}] iglubuild {shlex.join(args)}")
-        if self.log is not None:
-            self.log.write_text("\n".join(self.commands) + "\n")
         done = subprocess.run([sys.executable, "-m", "iglubuild", *argv], cwd=REPO_ROOT,
                               env=env, capture_output=True, text=True, timeout=timeout)
+        if args[:2] == ("farm", "status") and "--json" not in args:
+            self.commands.extend("    " + line for line in done.stdout.splitlines())
+        if self.log is not None:
+            self.log.write_text("\n".join(self.commands) + "\n")
         if check:
             assert done.returncode == 0, f"iglubuild {shlex.join(args)}:\n{done.stderr[-3000:]}"
         return done
@@ -385,6 +388,13 @@ def test_killing_the_worker_mid_build(two_nodes: TwoNodes, farm_recipes: Path,
         assert len(down) == 2 and all(v["state"] == "down" and v["problem"] for v in down), down
         text = t.cli(t.manager, "farm", "status").stdout
         assert text.count(" down ") >= 2, text
+        # And a build starting now (as the next one does, if the manager
+        # has not replaced them yet) leaves them out.
+        hosts = farm.discover(Settings(build_dir=t.manager_build))
+        assert hosts is not None
+        assert sorted(v.address for v in hosts.excluded) == [WORKER_ADDR] * 2
+        assert {v.address for v in hosts.volunteers} == {MANAGER_ADDR}
+        assert WORKER_ADDR not in hosts.distcc_hosts
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
