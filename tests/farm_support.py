@@ -110,7 +110,8 @@ class NetNode:
     namespace) and a private mount namespace (its mounts vanish with it). So
     do its containerd, the containerd shims and the host-networked
     containers: every process of that node is in the namespace, and
-    `kill_all` takes the whole node down at once, as a power cut would.
+    `kill_all` takes the whole node down at once, and `set_link(False)` makes
+    it fall silent, as a power cut would.
     """
 
     name: str  # network namespace, also the node's hostname
@@ -168,6 +169,11 @@ class NetNode:
                 raise RuntimeError(f"processes of {self.name} survive SIGKILL: {pids}")
             time.sleep(0.1)
         return sorted(set(killed))
+
+    def set_link(self, up: bool) -> None:
+        """Plug the node's end of the veth in or out: out, packets to the node go
+        unanswered (connections time out), as with a machine that lost power."""
+        _ip("-n", self.name, "link", "set", self.node_if, "up" if up else "down")
 
     def exists(self) -> dict[str, bool]:
         links = _ip("-br", "link", check=False).stdout.split()

@@ -10,9 +10,9 @@ the image travels with `toolchain image --save/--load`, the worker joins
 with `farm up --join ... --token ...`, `farm up --replicas 4` spreads the
 volunteers over both nodes, `--farm pkg` builds send compiles to both (per
 node, counted from distccd's own statistics), the worker is killed mid-build
-(every process of the node at once) and the build finishes, `farm status`
-calls its volunteers down and the next build leaves them out; `farm down`
-on both leaves nothing behind. The commands are written to
+(every process of the node at once, and its link cut) and the build
+finishes, `farm status` calls its volunteers down and the next build leaves
+them out; `farm down` on both leaves nothing behind. The commands are written to
 `$IGLUBUILD_TWO_NODE_LOG` (default: two-node-commands.txt in the module's
 temporary folder) and docs/farm.md quotes them.
 
@@ -376,6 +376,7 @@ def test_killing_the_worker_mid_build(two_nodes: TwoNodes, farm_recipes: Path,
             assert time.monotonic() < deadline, "the worker's volunteers got no compile"
             time.sleep(0.05)
         killed = t.node.kill_all()
+        t.node.set_link(False)  # and silent: no refusals, connections time out
         kill_time = time.monotonic()
         (t.worker_root / "docker.pid").unlink(missing_ok=True)  # its PID may be reused
         marked_down = _watch_node_down(t, kill_time)
@@ -454,6 +455,7 @@ def test_farm_down_on_both_leaves_nothing(two_nodes: TwoNodes) -> None:
     import docker
 
     t = two_nodes
+    t.node.set_link(True)
     t.worker = start_dockerd(t.worker_root, wrap=t.node.wrap)
     out = t.cli(t.manager, "farm", "down").stdout
     assert "removed iglubuild-distcc" in out and "left the swarm" in out
