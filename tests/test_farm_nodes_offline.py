@@ -109,3 +109,17 @@ def test_a_volunteer_that_does_not_answer_is_down(swarm, monkeypatch):
     farm.inspect_volunteer(v1)
     assert v1.state == "down"
     assert v1.problem is not None and v1.problem.startswith("stats port 10.1.0.1:4001: ")
+
+
+def test_the_build_says_why_volunteers_were_left_out():
+    from iglubuild.commands._pkg_world import _left_out_reasons
+    from iglubuild.distcc import FarmHosts, Volunteer
+
+    def vol(slot: int, state: str, identity: str | None) -> Volunteer:
+        return Volunteer(task_id=f"t{slot}", slot=slot, node="n", address="10.1.0.2",
+                         port=4000 + 2 * slot, state=state, identity=identity, problem="x")
+
+    hosts = FarmHosts(volunteers=[], jobs=1, local_identity="aaaa", excluded=[
+        vol(1, "down", None), vol(2, "down", None), vol(3, "running", "bbbb"),
+        vol(4, "running", None)])
+    assert _left_out_reasons(hosts) == "2 down, 1 different compiler, 1 probe failed"
