@@ -193,6 +193,11 @@ def two_nodes(docker_engine, toolchain_image, root_tarball,
 
     tmp = tmp_path_factory.mktemp("two-nodes")
     base = _free_port_block(2 * REPLICAS + 1)
+    # The session's engine may still be in a swarm another module left (on
+    # 127.0.0.1): the manager's swarm must be made on the veth's address.
+    manager = docker.DockerClient(base_url=docker_engine.host)
+    if manager.info()["Swarm"]["LocalNodeState"] != "inactive":
+        manager.swarm.leave(force=True)
     node = NetNode.create(NETNS, MANAGER_ADDR, WORKER_ADDR)
     worker_root = DOCKER_DIR.with_name(DOCKER_DIR.name + "-" + NETNS)
     worker: Dockerd | None = None
