@@ -13,6 +13,16 @@ its task slot (slot 1 on BASE, slot 2 on BASE+2, ...; the distccd stats
 page one port above), so several volunteers fit on one machine and are
 reached at their node's address across machines.
 
+One service template serves every node, so a volunteer learns its address
+from the environment: `NODE={{.Node.ID}}` (a swarm template) and
+`NODE_ADDRS`, the map of node id to swarm address that `farm up` read from
+the manager. The volunteer listens on its own node's address only, which is
+where `list_volunteers` says it is (127.0.0.1 on a one-machine loopback
+swarm, the LAN address on real machines). A node that joined after the last
+`farm up` is not in the map: its volunteers listen on all addresses until
+`farm up` on the manager runs again, which refreshes the map (and the
+allowed networks) and restarts the volunteers.
+
 A volunteer whose compiler identity (iglubuild.distcc) differs from the
 local compiler's is left out of a build.
 """
@@ -60,13 +70,27 @@ STATE_FILE = "farm-state.json"
 # The volunteer's start script, run by `sh` in the toolchain image. The port
 # comes from the task slot (a service template), so replicas on one machine
 # do not collide. distccd drops root to its own user by itself.
+# The listen address is LISTEN if `--listen` gave one, else this node's
+# address from NODE_ADDRS ("id=addr ...", see the module docstring).
 VOLUNTEER_SCRIPT = r"""
 set -eu
 port=$((BASE_PORT + 2 * (SLOT - 1)))
+listen=${LISTEN:-}
+if [ -z "$listen" ]; then
+    for pair in $NODE_ADDRS; do
+        if [ "${pair%%=*}" = "$NODE" ]; then listen=${pair#*=}; fi
+    done
+fi
+if [ -z "$listen" ]; then
+    echo "iglubuild volunteer: node $NODE joined after the last farm up: listening on" \
+        "all addresses (run farm up on the manager again)"
+    listen=0.0.0.0
+fi
 set -- distccd --daemon --no-detach --log-stderr --log-level info \
-    --listen "$LISTEN" --port "$port" --stats --stats-port "$((port + 1))" --jobs "$JOBS"
+    --listen "$listen" --port "$port" --stats --stats-port "$((port + 1))" --jobs "$JOBS"
 for net in $ALLOW; do set -- "$@" --allow "$net"; done
-echo "iglubuild volunteer: slot $SLOT listening on $LISTEN:$port (stats $((port + 1)))"
+echo "iglubuild volunteer: slot $SLOT on node $NODE listening on $listen:$port" \
+    "(stats $((port + 1)))"
 if [ -n "$CPUSET" ]; then exec taskset -c "$CPUSET" "$@"; fi
 exec "$@"
 """
@@ -243,11 +267,15 @@ def join_command(client: docker.DockerClient) -> str:
     return f"iglubuild farm up --join {addr} --token {token}"
 
 
-def _allowed_networks(client: docker.DockerClient, extra: Sequence[str]) -> list[str]:
+def _node_addresses(client: docker.DockerClient) -> dict[str, str]:
+    """Node id -> the address its volunteers are reached at, for every node."""
+    return {node.id: _node_address(node.attrs) for node in client.nodes.list()}
+
+
+def _allowed_networks(addresses: Iterable[str], extra: Sequence[str]) -> list[str]:
     """Who may send compiles: the swarm's nodes and the networks named by --allow."""
     nets = ["127.0.0.1/32"]
-    for node in client.nodes.list():
-        addr = _node_address(node.attrs)
+    for addr in addresses:
         try:
             nets.append(str(ipaddress.ip_network(addr)))
         except ValueError:
@@ -271,15 +299,15 @@ def farm_up(settings: Settings, cfg: FarmConfig) -> list[Volunteer]:
         raise FarmError(f"image {image} is not in this Docker engine",
                         hint="`iglubuild toolchain image --load FILE` on every node") from exc
     ensure_swarm(client, settings, cfg)
-    listen = cfg.listen or (
-        "127.0.0.1" if ipaddress.ip_address(cfg.advertise_addr).is_loopback else "0.0.0.0"
-    )
     slots = cfg.slots or (os.cpu_count() or 1)
+    nodes = _node_addresses(client)
     env = [
         "SLOT={{.Task.Slot}}",
+        "NODE={{.Node.ID}}",
+        f"NODE_ADDRS={' '.join(f'{n}={a}' for n, a in sorted(nodes.items()))}",
         f"BASE_PORT={cfg.base_port}",
-        f"LISTEN={listen}",
-        f"ALLOW={' '.join(_allowed_networks(client, cfg.allow))}",
+        f"LISTEN={cfg.listen or ''}",
+        f"ALLOW={' '.join(_allowed_networks(nodes.values(), cfg.allow))}",
         f"JOBS={slots}",
         f"CPUSET={cfg.cpuset or ''}",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -367,27 +395,58 @@ def list_volunteers(client: docker.DockerClient) -> list[Volunteer]:
         node = nodes.get(task.get("NodeID", ""), {})
         slot = int(task.get("Slot", 0) or 0)
         status = task.get("Status", {})
-        out.append(Volunteer(
+        hostname = node.get("Description", {}).get("Hostname", task.get("NodeID", "?"))
+        v = Volunteer(
             task_id=task["ID"],
             slot=slot,
-            node=node.get("Description", {}).get("Hostname", task.get("NodeID", "?")),
+            node=hostname,
             address=_node_address(node) if node else "?",
             port=base + 2 * (slot - 1),
             state=status.get("State", "?"),
             container_id=status.get("ContainerStatus", {}).get("ContainerID", ""),
             slots=slots,
-        ))
-    return sorted(out, key=lambda v: v.slot)
+        )
+        # The manager keeps a lost node's tasks "running" until it gives up
+        # on the node's heartbeat; then the node is "down" (and its tasks are
+        # replaced elsewhere). Say so rather than repeat the stale task state.
+        node_state = node.get("Status", {}).get("State", "unknown")
+        if node_state != "ready":
+            v.state = "down"
+            v.problem = f"node {hostname} is {node_state}"
+        out.append(v)
+    return sorted(out, key=lambda v: (v.slot, v.task_id))
+
+
+def list_nodes(client: docker.DockerClient) -> list[dict[str, str]]:
+    """The swarm's nodes as the manager sees them: hostname, address, role, state."""
+    out = []
+    for node in client.nodes.list():
+        attrs = node.attrs
+        out.append({
+            "id": node.id,
+            "hostname": attrs.get("Description", {}).get("Hostname", "?"),
+            "address": _node_address(attrs),
+            "role": attrs.get("Spec", {}).get("Role", "?"),
+            "state": attrs.get("Status", {}).get("State", "unknown"),
+            "availability": attrs.get("Spec", {}).get("Availability", "?"),
+        })
+    return sorted(out, key=lambda n: (n["role"] != "manager", n["hostname"], n["id"]))
 
 
 def inspect_volunteer(v: Volunteer, compiler: str = "clang") -> Volunteer:
-    """Fill in identity, compiler name and jobs served (or `problem`)."""
+    """Fill in identity, compiler name and jobs served (or `problem`).
+
+    A volunteer the swarm calls running whose stats port does not answer is
+    "down": its node may be gone before the manager has noticed (that takes
+    the manager's heartbeat timeout), and a build cannot use it either way.
+    """
     if v.state != "running":
         return v
     try:
         stats = read_stats(v.address, v.stats_port)
         v.jobs_served = int(stats.get("dcc_compile_ok", "0"))
     except (OSError, ValueError) as exc:
+        v.state = "down"
         v.problem = f"stats port {v.address}:{v.stats_port}: {exc}"
         return v
     try:
@@ -419,6 +478,7 @@ def farm_status(settings: Settings, compiler: str = "clang") -> dict[str, Any]:
                   if service is not None else None),
         "local_identity": local_id,
         "local_compiler": local_name,
+        "nodes": list_nodes(client) if service is not None else [],
         "volunteers": [asdict(v) for v in volunteers],
     }
 
@@ -427,18 +487,41 @@ def farm_status(settings: Settings, compiler: str = "clang") -> dict[str, Any]:
 
 
 def farm_down(settings: Settings, wait: float = 60.0) -> dict[str, bool]:
-    """Remove the service; leave the swarm only if `farm up` created it."""
+    """Remove the service; leave the swarm only if `farm up` created or joined it.
+
+    On a manager the service goes first, then the swarm. A worker leaves
+    first: its volunteers belong to a service only a manager can remove
+    (and one that may be gone or unreachable, as when the manager's `farm
+    down` already ran), and leaving is what makes the engine stop them.
+    Either way, "down" means this engine runs none of the volunteers'
+    containers any more.
+    """
+    import docker.errors
+
     client = docker_client()
+    state = _read_state(settings)
     service = _find_service(client)
     removed = False
     if service is not None:
         service.remove()
         removed = True
+    left = False
+
+    def leave_if_ours() -> None:
+        nonlocal left
+        swarm = _swarm_state(client)
+        current = swarm.get("Cluster", {}).get("ID", "")
+        created = state.get("created_swarm") and state.get("swarm_id") in ("", current)
+        if swarm.get("LocalNodeState") == "active" and (created or state.get("joined_swarm")):
+            client.swarm.leave(force=True)
+            left = True
+
+    if state.get("joined_swarm"):
+        leave_if_ours()
     # Service removal is asynchronous: wait until this node runs none of its
     # containers, so "down" means down. Stopped ones the swarm keeps as task
-    # history (or left behind by an earlier, force-left swarm) are removed.
-    import docker.errors
-
+    # history (or left behind by an earlier, force-left swarm, or a killed
+    # engine) are removed.
     deadline = time.monotonic() + wait
     while True:
         left_over = client.containers.list(all=True, filters={
@@ -455,14 +538,8 @@ def farm_down(settings: Settings, wait: float = 60.0) -> dict[str, bool]:
             raise FarmError("the volunteers' containers did not stop in time",
                             hint="check the engine; run `farm down` again")
         time.sleep(0.3)
-    state = _read_state(settings)
-    left = False
-    swarm = _swarm_state(client)
-    current = swarm.get("Cluster", {}).get("ID", "")
-    created = state.get("created_swarm") and state.get("swarm_id") in ("", current)
-    if swarm.get("LocalNodeState") == "active" and (created or state.get("joined_swarm")):
-        client.swarm.leave(force=True)
-        left = True
+    if not left:
+        leave_if_ours()
     if state:
         state_path(settings).unlink(missing_ok=True)
     return {"service_removed": removed, "left_swarm": left}
@@ -488,16 +565,20 @@ def discover(settings: Settings, compiler: str = "clang") -> FarmHosts | None:
         if _swarm_state(client).get("LocalNodeState") != "active":
             log.warning("no distcc farm: this Docker engine is not in a swarm; building locally")
             return None
-        running = [v for v in list_volunteers(client) if v.state == "running"]
+        listed = list_volunteers(client)
     except docker.errors.APIError as exc:
         log.warning("no distcc farm: %s; building locally", exc)
         return None
+    running = [v for v in listed if v.state == "running"]
+    excluded = [v for v in listed if v.state == "down"]
+    for v in excluded:
+        log.warning("volunteer %s:%d left out: %s", v.address, v.port, v.problem)
     if not running:
         log.warning("no distcc farm: service %s has no running volunteers "
                     "(`iglubuild farm up`); building locally", SERVICE_NAME)
         return None
     local_id, _ = local_identity(compiler)
-    usable, excluded = [], []
+    usable = []
     for v in _inspect_all(running, compiler):
         if v.problem:
             log.warning("volunteer %s:%d left out: %s", v.address, v.port, v.problem)

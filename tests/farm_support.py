@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,14 @@ class Dockerd:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
+def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0,
+                  wrap: Sequence[str] = ()) -> Dockerd:
     """Start dockerd on a private socket, data root and exec root.
 
     No iptables and no default bridge: containers here use host networking
     only, and a second engine on the machine must not fight over netfilter.
+    `wrap` is put in front of the command (e.g. `NetNode.wrap`); it must
+    exec dockerd, so that the PID we stop is dockerd's.
     """
     import docker
 
@@ -68,7 +72,7 @@ def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
         pidfile.unlink(missing_ok=True)
     log = open(root / "dockerd.log", "ab")
     proc = subprocess.Popen(
-        ["dockerd", "--host", f"unix://{sock}", "--data-root", str(root / "data"),
+        [*wrap, "dockerd", "--host", f"unix://{sock}", "--data-root", str(root / "data"),
          "--exec-root", str(root / "exec"), "--pidfile", str(pidfile),
          "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -87,6 +91,102 @@ def start_dockerd(root: Path = DOCKER_DIR, timeout: float = 60.0) -> Dockerd:
                 raise RuntimeError(f"dockerd did not answer; see {root}/dockerd.log") from None
             time.sleep(0.3)
     return Dockerd(proc=proc, host=host, root=root)
+
+
+# --------------------------------------------------------------------------- a second node
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@dataclass
+class NetNode:
+    """A second machine on this one: a network namespace of our own, joined to
+    this machine's network namespace by a veth pair with addresses of our own
+    (198.18.0.0/15 is the range RFC 2544 sets aside for test networks, never
+    routed beyond this machine).
+
+    A dockerd started with `wrap` runs inside it with its own hostname (a UTS
+    namespace) and a private mount namespace (its mounts vanish with it). So
+    do its containerd, the containerd shims and the host-networked
+    containers: every process of that node is in the namespace, and
+    `kill_all` takes the whole node down at once, and `set_link(False)` makes
+    it fall silent, as a power cut would.
+    """
+
+    name: str  # network namespace, also the node's hostname
+    host_if: str
+    node_if: str
+    host_addr: str
+    node_addr: str
+    prefix: int = 30
+
+    @classmethod
+    def create(cls, name: str, host_addr: str, node_addr: str, prefix: int = 30) -> NetNode:
+        tag = name.removeprefix("iglu-")[-12:]  # interface names have 15 characters
+        node = cls(name=name, host_if=f"vh-{tag}", node_if=f"vn-{tag}",
+                   host_addr=host_addr, node_addr=node_addr, prefix=prefix)
+        node.remove()  # left over from a session that died
+        try:
+            _ip("netns", "add", name)
+            _ip("link", "add", node.host_if, "type", "veth", "peer", "name", node.node_if,
+                "netns", name)
+            _ip("addr", "add", f"{host_addr}/{prefix}", "dev", node.host_if)
+            _ip("link", "set", node.host_if, "up")
+            _ip("-n", name, "addr", "add", f"{node_addr}/{prefix}", "dev", node.node_if)
+            _ip("-n", name, "link", "set", node.node_if, "up")
+            _ip("-n", name, "link", "set", "lo", "up")
+        except BaseException:
+            node.remove()
+            raise
+        return node
+
+    @property
+    def wrap(self) -> list[str]:
+        """Run a command (which must exec) inside the node, as `start_dockerd(wrap=)`."""
+        return ["nsenter", f"--net=/run/netns/{self.name}",
+                "unshare", "--mount", "--uts", "--propagation", "slave",
+                "sh", "-c", 'hostname "$0" && exec "$@"', self.name]
+
+    def pids(self) -> list[int]:
+        if not Path(f"/run/netns/{self.name}").exists():
+            return []
+        out = _ip("netns", "pids", self.name, check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def kill_all(self, timeout: float = 30.0) -> list[int]:
+        """SIGKILL every process of the node (dockerd, containerd, shims, volunteers)."""
+        killed: list[int] = []
+        deadline = time.monotonic() + timeout
+        while pids := self.pids():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes of {self.name} survive SIGKILL: {pids}")
+            time.sleep(0.1)
+        return sorted(set(killed))
+
+    def set_link(self, up: bool) -> None:
+        """Plug the node's end of the veth in or out: out, packets to the node go
+        unanswered (connections time out), as with a machine that lost power."""
+        _ip("-n", self.name, "link", "set", self.node_if, "up" if up else "down")
+
+    def exists(self) -> dict[str, bool]:
+        links = _ip("-br", "link", check=False).stdout.split()
+        return {"netns": Path(f"/run/netns/{self.name}").exists(),
+                "veth": self.host_if in links or any(w.startswith(self.host_if + "@")
+                                                     for w in links)}
+
+    def remove(self) -> None:
+        """Kill what still runs inside, then delete the veth pair and the namespace."""
+        self.kill_all()
+        _ip("link", "del", self.host_if, check=False)
+        if Path(f"/run/netns/{self.name}").exists():
+            _ip("netns", "del", self.name, check=False)
 
 
 def buildroot_tarball(cache: Path) -> Path:
@@ -164,3 +264,35 @@ static unsigned long k{i}_{k}(const unsigned *v, int n, unsigned long s) {{
 def copy_program(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest
+
+
+def write_farm_recipes(base: Path, nfiles: int, weight: int) -> Path:
+    """Recipes for a real `--farm pkg` build: the shipped musl recipe (its real URL
+    and sha256, served from the shared distfiles by a file:// mirror) and
+    `farmprog`, an `nfiles`-module C program (write_program) packed as a real
+    tarball beside its recipe. Returns the recipes folder."""
+    import tarfile
+    import textwrap
+
+    project = Path(__file__).resolve().parents[1]
+    recipes = base / "recipes"
+    shutil.copytree(project / "recipes" / "linux" / "musl", recipes / "linux" / "musl")
+    src = write_program(base / "farmprog-1.0", nfiles=nfiles, weight=weight)
+    folder = recipes / "test" / "farmprog"
+    folder.mkdir(parents=True)
+    tarball = folder / "farmprog-1.0.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(src, arcname="farmprog-1.0")
+    (folder / "recipe.yaml").write_text(textwrap.dedent(f"""\
+        name: farmprog
+        version: "1.0"
+        description: a multi-file C program whose compiles go to the farm
+        license: MIT
+        sources:
+          - url: file://{tarball}
+        build: |
+          make prog
+        package: |
+          install -Dm755 prog "$pkgdir/usr/bin/farmprog"
+        """))
+    return recipes

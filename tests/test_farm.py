@@ -201,8 +201,14 @@ def test_volunteers_only_accept_the_swarm_networks(running_farm):
     env = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
     allow = next(e for e in env if e.startswith("ALLOW=")).split("=", 1)[1].split()
     assert allow == ["127.0.0.1/32"]
-    listen = next(e for e in env if e.startswith("LISTEN="))
-    assert listen == "LISTEN=127.0.0.1"
+    # No --listen: each volunteer listens on its node's address (NODE_ADDRS),
+    # here the loopback address the swarm is advertised on.
+    assert "LISTEN=" in env
+    (node_addrs,) = [e for e in env if e.startswith("NODE_ADDRS=")]
+    assert node_addrs.split("=", 1)[1].split("=")[1] == "127.0.0.1"
+    for v in farm.list_volunteers(docker.from_env()):
+        logs = docker.from_env().containers.get(v.container_id).logs()
+        assert f"listening on 127.0.0.1:{v.port} ".encode() in logs, logs
 
 
 def _hangs_up_on(source: str, port: int) -> bool:

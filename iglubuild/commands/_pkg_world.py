@@ -111,6 +111,16 @@ def _leave_out(tree: RecipeTree, graph: DepGraph, names: Sequence[str] | None,
     return [n for n in order if n in keep], lines
 
 
+def _left_out_reasons(hosts: FarmHosts) -> str:
+    """Why `discover` left volunteers out, counted: "2 down, 1 different compiler"."""
+    counts: dict[str, int] = {}
+    for v in hosts.excluded:
+        reason = ("down" if v.state == "down"
+                  else "different compiler" if v.identity is not None else "probe failed")
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
 def _farm(settings: Settings) -> tuple[Settings, FarmHosts | None]:
     """With --farm: the live farm's usable volunteers, and a job budget sized to
     the farm; without a farm running, a local build as asked."""
@@ -123,7 +133,8 @@ def _farm(settings: Settings) -> tuple[Settings, FarmHosts | None]:
         say("no distcc farm is running: building locally (start one with `iglubuild farm up`)")
         return settings, None
     say(f"distcc farm: {len(hosts.volunteers)} volunteer(s), {hosts.jobs} compile jobs"
-        + (f", {len(hosts.excluded)} excluded (different compiler)" if hosts.excluded else ""))
+        + (f", {len(hosts.excluded)} left out ({_left_out_reasons(hosts)})"
+           if hosts.excluded else ""))
     return replace(settings, jobs=max(settings.jobs, hosts.jobs)), hosts
 
 

@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--base-port", type=_port, default=DEFAULT_BASE_PORT, metavar="PORT",
                     help="distccd port of slot 1; slot N uses PORT+2(N-1), stats one above")
     up.add_argument("--listen", metavar="ADDR",
-                    help="address distccd listens on (default: 127.0.0.1 for a loopback "
-                         "swarm, else all)")
+                    help="address distccd listens on (default: each volunteer's own "
+                         "node's swarm address)")
     up.add_argument("--slots", type=int, metavar="N",
                     help="parallel compiles per volunteer (default: CPUs of this machine)")
     up.add_argument("--cpuset", metavar="CPUS",
@@ -98,6 +98,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         print(f"{status['service']}: image {status['image']}")
         print(f"local compiler {status['local_identity']} ({status['local_compiler']})")
+        for n in status["nodes"]:
+            print(f"  node {n['hostname']:<20} {n['address']:<15} {n['role']:<8} {n['state']}"
+                  f"  ({n['id'][:12]})")
         for v in status["volunteers"]:
             ident = v["identity"] or "-"
             mark = "" if v["identity"] in (None, status["local_identity"]) else "  MISMATCH"
