@@ -6,7 +6,7 @@ MIRROR_ARGS = $(if $(wildcard $(DISTFILES)),--mirror file://$(DISTFILES),)
 APT_PACKAGES = clang lld libclang-rt-14-dev debootstrap docker.io distcc \
 	qemu-system-x86 ovmf systemd-boot-efi mtools dosfstools fdisk e2fsprogs \
 	bmake zstd xz-utils bzip2 patch graphviz file curl make perl m4 llvm pkgconf libarchive-dev libssl-dev zlib1g-dev \
-	chromium-headless-shell fonts-dejavu-core diffoscope-minimal
+	chromium-headless-shell fonts-dejavu-core diffoscope-minimal iproute2
 
 .PHONY: setup test test-fast lint bench world
 
