@@ -233,6 +233,14 @@ def farm_join(settings: Settings, cfg: FarmConfig) -> str:
         raise UsageError("joining needs the manager's address and a join token",
                          hint="farm up --join ADDR:PORT --token TOKEN (printed by farm up "
                               "on the manager)")
+    manager_host = cfg.join.rsplit(":", 1)[0].strip("[]")
+    if _is_loopback(cfg.advertise_addr) and not _is_loopback(manager_host):
+        # The manager would record this node at 127.0.0.1 and send its builds'
+        # compiles to its own loopback instead of this machine.
+        raise UsageError(f"joining the manager at {cfg.join} while advertising "
+                         f"{cfg.advertise_addr}: the manager could not reach this machine",
+                         hint="add --advertise-addr ADDR, this machine's address on the "
+                              "manager's network")
     client = docker_client()
     state = _swarm_state(client)
     if state.get("LocalNodeState") not in ("inactive", "active"):
@@ -259,12 +267,22 @@ def farm_join(settings: Settings, cfg: FarmConfig) -> str:
     return node_id
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def join_command(client: docker.DockerClient) -> str:
     """The command other machines run to join this manager's swarm as workers."""
     client.swarm.reload()
     token = client.swarm.attrs.get("JoinTokens", {}).get("Worker", "")
     addr = _swarm_state(client).get("RemoteManagers", [{}])[0].get("Addr", "")
-    return f"iglubuild farm up --join {addr} --token {token}"
+    command = f"iglubuild farm up --join {addr} --token {token}"
+    if not _is_loopback(addr.rsplit(":", 1)[0].strip("[]")):
+        command += " --advertise-addr THIS_MACHINES_ADDR"
+    return command
 
 
 def _node_addresses(client: docker.DockerClient) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from iglubuild import farm
+from iglubuild.settings import Settings
 
 
 def _run_script(tmp_path: Path, **env: str) -> str:
@@ -123,3 +124,14 @@ def test_the_build_says_why_volunteers_were_left_out():
         vol(1, "down", None), vol(2, "down", None), vol(3, "running", "bbbb"),
         vol(4, "running", None)])
     assert _left_out_reasons(hosts) == "2 down, 1 different compiler, 1 probe failed"
+
+
+def test_joining_a_remote_manager_while_advertising_loopback_is_refused() -> None:
+    """The manager would reach this node's volunteers at its own 127.0.0.1."""
+    from iglubuild.errors import UsageError
+
+    cfg = farm.FarmConfig(replicas=0, join="198.18.219.1:2377", token="SWMTKN-1-x")
+    with pytest.raises(UsageError) as info:
+        farm.farm_join(Settings(build_dir=Path("/nonexistent")), cfg)
+    assert "could not reach this machine" in info.value.message
+    assert info.value.hint is not None and "--advertise-addr" in info.value.hint

@@ -248,8 +248,10 @@ def test_image_travels_and_worker_joins(two_nodes: TwoNodes, root_tarball, toolc
     join = shlex.split(next(line for line in up.splitlines() if "--join" in line)
                        .split(": ", 1)[1])
     assert join[join.index("--join") + 1] == f"{MANAGER_ADDR}:{t.swarm_port}"
-    joined = t.cli(t.worker, *join[1:], "--advertise-addr", WORKER_ADDR,
-                   "--swarm-port", str(t.swarm_port)).stdout
+    # The printed command asks for this machine's own address: the person fills it in.
+    assert join[join.index("--advertise-addr") + 1] == "THIS_MACHINES_ADDR"
+    join[join.index("--advertise-addr") + 1] = WORKER_ADDR
+    joined = t.cli(t.worker, *join[1:], "--swarm-port", str(t.swarm_port)).stdout
     assert "joined the swarm" in joined
 
     # The worker joined after the first `farm up`: a second one on the manager
