@@ -157,6 +157,35 @@ def volunteer_identity(address: str, port: int,
     return hashlib.sha256(obj).hexdigest()[:16], _compiler_name(obj)
 
 
+PAUSE_TIME_MSEC = "10"
+# A volunteer is offered one compile more than its distccd runs at once
+# (`queued`), so the next compile is preprocessed and sent while the current
+# one finishes: the volunteer does not idle through the client's start-up,
+# the local `clang -E` and the connection between two compiles.
+QUEUE_AHEAD = 1
+_HOST_SLOTS = re.compile(r"^(?P<host>[^/\s]+)/(?P<slots>\d+)(?P<rest>\S*)$")
+
+
+def queued(distcc_hosts: str, extra: int = QUEUE_AHEAD) -> str:
+    """DISTCC_HOSTS with `extra` more slots on every TCP volunteer.
+
+    distccd answers a connection beyond its --jobs when a compile ends
+    (the kernel holds it in the listen backlog, the client's preprocessed
+    file in the socket's buffers), so the extra slot is a queue of one
+    ready compile per volunteer, not more load. `localhost` is left alone.
+    """
+    if extra <= 0:
+        return distcc_hosts
+    out = []
+    for entry in distcc_hosts.split():
+        m = _HOST_SLOTS.match(entry)
+        if m is None or m["host"] == "localhost" or entry.startswith("--"):
+            out.append(entry)
+        else:
+            out.append(f"{m['host']}/{int(m['slots']) + extra}{m['rest']}")
+    return " ".join(out)
+
+
 def phase_additions(hosts: FarmHosts, distcc_dir: Path | None = None,
                     local_slots: int = 0) -> tuple[tuple[str, ...], dict[str, str]]:
     """(launcher, extra_env) for iglubuild.build: `launcher` goes in front of the
@@ -172,16 +201,18 @@ def phase_additions(hosts: FarmHosts, distcc_dir: Path | None = None,
 
 
 def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
-              distcc_dir: Path | None = None, local_slots: int = 0) -> dict[str, str]:
+              distcc_dir: Path | None = None, local_slots: int = 0,
+              queue_ahead: int = 0) -> dict[str, str]:
     """Environment additions that send a build phase's compiles to the farm.
 
     distcc's default (non-pump) mode preprocesses and links locally against
     the sysroot and ships only preprocessed code, so the volunteers need no
     headers or libraries; a volunteer that fails makes distcc compile locally.
     `local_slots` > 0 lets this machine compile too (listed after the
-    volunteers, so distcc fills them first).
+    volunteers, so distcc fills them first). `queue_ahead` > 0 offers each
+    volunteer that many compiles more than it runs at once (`queued`).
     """
-    host_list = hosts.distcc_hosts
+    host_list = queued(hosts.distcc_hosts, queue_ahead)
     jobs = hosts.jobs
     if local_slots > 0:
         host_list += f" localhost/{local_slots}"
@@ -192,9 +223,11 @@ def build_env(hosts: FarmHosts, cc: str = "clang", cxx: str = "clang++",
         "CXX": f"distcc {cxx}",
         "JOBS": str(jobs),
         "MAKEFLAGS": f"-j{jobs}",
-        # With every slot busy distcc polls for a free one, by default once a
-        # second: a second idle per compile on a small farm. 100 ms is cheap.
-        "DISTCC_PAUSE_TIME_MSEC": "100",
+        # With every slot busy distcc polls for a free one (a fixed sleep
+        # between tries of its lock files), by default once a second: a
+        # slot freed mid-sleep idles until the next try, half the pause on
+        # average, every time. 10 ms costs a few lock attempts a second.
+        "DISTCC_PAUSE_TIME_MSEC": PAUSE_TIME_MSEC,
     }
     if distcc_dir is not None:
         # distcc does not create its state folder and, without it, silently

@@ -136,12 +136,15 @@ def _farm_phases(settings: Settings, hosts: FarmHosts | None,
     """
     if hosts is None:
         return (), {}, {}
-    from iglubuild.distcc import phase_additions
+    from iglubuild.distcc import phase_additions, queued
 
     launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+    # Each volunteer is offered one compile more than it runs: the next one
+    # waits there ready (iglubuild.distcc.queued).
     if net is None:
+        env["DISTCC_HOSTS"] = queued(env["DISTCC_HOSTS"])
         return launcher, env, {}
-    env["DISTCC_HOSTS"] = net.distcc_hosts
+    env["DISTCC_HOSTS"] = queued(net.distcc_hosts)
     return launcher, env, dict(net.aliases)
 
 
