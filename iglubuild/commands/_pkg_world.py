@@ -192,7 +192,8 @@ def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | 
     launcher, extra_env, aliases = _farm_phases(settings, hosts, net)
     target = load_target()
     # With the farm, where each package's compiles ran, noted after its phases.
-    compiles = CompileRecorder(aliases) if "DISTCC_HOSTS" in extra_env else None
+    compiles = (CompileRecorder(aliases, [f"{v.address}:{v.port}" for v in hosts.volunteers])
+                if hosts is not None and "DISTCC_HOSTS" in extra_env else None)
 
     def make_builder(ctx: BuildContext) -> Builder:
         from iglubuild.build import Engine
@@ -214,10 +215,17 @@ def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | 
                        summary=compiles.summary_lines if compiles is not None else None,
                        farm_shares=compiles.shares if compiles is not None else None)
 
-    code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
-                     names=names, force=args.force, keep_going=args.keep_going,
-                     dry_run=args.dry_run, command=command,
-                     executor=executor.name)
+    try:
+        code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
+                         names=names, force=args.force, keep_going=args.keep_going,
+                         dry_run=args.dry_run, command=command,
+                         executor=executor.name)
+    finally:
+        if compiles is not None:  # for `status --json`, also after a failed run
+            try:
+                compiles.save(settings.build_dir)
+            except OSError as exc:
+                say(f"warning: the farm's compile tally was not written: {exc}")
     if not args.dry_run:
         for line in left_out:  # again at the end, beside built/failed/blocked
             say(line)
