@@ -7,7 +7,12 @@ Simulates a two-machine setup on one box by CPU pinning:
           box does not decide the result);
   farm    the same build, client pinned to core 0, one volunteer (a real
           swarm service task from the toolchain image) pinned to core 1,
-          DISTCC_HOSTS = the volunteer (1 slot) + localhost/1.
+          DISTCC_HOSTS = the volunteer (1 slot, offered 2 as --farm builds
+          do: iglubuild.distcc.queued) + localhost/1: two compile slots, one
+          per core, `make -j3`.
+Each setup is built --runs times (default 5), interleaved; the figures are
+medians, and the run checks the targets of issue 19: speedup >= 1.8x and
+at most 40 ms added per compile.
 Also measures the farm's overhead per compile: one file at a time sent to
 the volunteer (no local fallback) against the same compile done locally,
 for a heavy file and for a near-empty one (pure protocol cost).
@@ -42,6 +47,9 @@ from iglubuild.settings import Settings  # noqa: E402
 from iglubuild.toolchain_image import create_image  # noqa: E402
 
 CLIENT_CORE = "0"
+# Issue 19: the farm's targets on this 2-core box.
+TARGET_SPEEDUP = 1.8
+TARGET_OVERHEAD_MS = 40.0
 
 
 def pinned() -> tuple[str, ...]:
@@ -112,7 +120,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=20, help="C files in the program")
     ap.add_argument("--weight", type=int, default=30, help="kernels per file (compile time)")
-    ap.add_argument("--runs", type=int, default=3, help="builds per setup (best is kept)")
+    ap.add_argument("--runs", type=int, default=5, help="builds per setup (median is kept)")
     ap.add_argument("--client-core", default="0", help="CPU of the client (default 0)")
     ap.add_argument("--volunteer-core", default="1", help="CPU of the volunteer (default 1)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -148,16 +156,16 @@ def main() -> int:
             print("the volunteer was not usable", file=sys.stderr)
             return 1
         volunteer_cpus = dedicate(volunteer_pids(hosts.volunteers[0].port))
-        env = distcc.build_env(hosts, local_slots=1)
+        env = distcc.build_env(hosts, local_slots=1, queue_ahead=distcc.QUEUE_AHEAD)
         before = sum(int(distcc.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
                      for v in hosts.volunteers)
         # Interleave the two setups so a burst of load elsewhere on the machine
-        # hits both alike; the best run of each is kept.
+        # hits both alike; the median of each is kept.
         local_runs, farm_runs = [], []
         for _ in range(args.runs):
             local_runs.append(timed_make(src, tmp / "local", {}, 1))
             farm_runs.append(timed_make(src, tmp / "farm", env, int(env["JOBS"])))
-        local, with_farm = min(local_runs), min(farm_runs)
+        local, with_farm = statistics.median(local_runs), statistics.median(farm_runs)
         after = sum(int(distcc.read_stats(v.address, v.stats_port)["dcc_compile_ok"])
                     for v in hosts.volunteers)
 
@@ -169,7 +177,7 @@ def main() -> int:
         tiny = tmp / "src" / "tiny.c"
         tiny.write_text("int tiny(int x) { return x + 1; }\n")
         heavy = tmp / "src" / "mod0.c"
-        reps = 5
+        reps = args.runs
         t_heavy_local = timed_compile(["clang"], heavy, {}, reps)
         t_heavy_remote = timed_compile(["distcc", "clang"], heavy, remote_env, reps)
         t_tiny_local = timed_compile(["clang"], tiny, {}, reps * 2)
@@ -186,6 +194,8 @@ def main() -> int:
         "load_average_before_after": [round(load_before, 1), round(load_after, 1)],
         "local_j1_s": round(local, 2),
         "farm_client_plus_volunteer_s": round(with_farm, 2),
+        "local_j1_runs_s": [round(t, 2) for t in local_runs],
+        "farm_runs_s": [round(t, 2) for t in farm_runs],
         "speedup": round(local / with_farm, 2),
         "volunteer_cpus": volunteer_cpus,
         "compiles_on_volunteer_per_build": round((after - before) / args.runs, 1),
@@ -202,8 +212,14 @@ def main() -> int:
     else:
         for key, value in figures.items():
             print(f"{key:40} {value}")
-        verdict = "meets" if figures["speedup"] >= 1.6 else "MISSES"
-        print(f"target speedup 1.6x: {verdict}")
+    ok_speedup = figures["speedup"] >= TARGET_SPEEDUP
+    ok_overhead = figures["farm_overhead_per_compile_ms"] <= TARGET_OVERHEAD_MS
+    print(f"target speedup >= {TARGET_SPEEDUP}x: {'meets' if ok_speedup else 'MISSES'}; "
+          f"target overhead <= {TARGET_OVERHEAD_MS:.0f} ms per compile: "
+          f"{'meets' if ok_overhead else 'MISSES'} (medians of {args.runs}, load average "
+          f"{figures['load_average_before_after'][0]} -> "
+          f"{figures['load_average_before_after'][1]} on {os.cpu_count()} CPUs)",
+          file=sys.stderr)
     return 0
 
 

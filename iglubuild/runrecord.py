@@ -66,6 +66,9 @@ class FarmShare(_Model):
     remote: int = 0
     local: int = 0
     hosts: dict[str, int] = Field(default_factory=dict)
+    fallbacks: dict[str, int] = Field(default_factory=dict)  # reason -> local compiles
+    not_distributable: int = 0  # distcc runs that were never candidates (links, -E)
+    retried: dict[str, int] = Field(default_factory=dict)  # volunteer -> sent elsewhere
 
 
 class PackageRecord(_Model):

@@ -228,7 +228,9 @@ def test_build_stage_counts_a_packages_compiles(distccd, tmp_path):
                                    netns=net.namespace if net is not None else None))
     seen = recorder.tallies()
     assert set(seen) == {"farmed"}  # the no-distcc recipe has no DISTCC_HOSTS: no record
-    assert recorder.summary_lines() == ["farm: 3 of 3 compiles remote on 1 volunteer, 0 local"]
+    assert recorder.summary_lines() == [
+        "farm: 3 of 3 compiles remote on 1 volunteer, 0 local", f"  {distccd}: 3 compiles",
+        f"  {distcc.NOT_DISTRIBUTABLE}: 1 run of distcc"]  # the -E
     farmed = seen["farmed"]
     assert (farmed.remote, farmed.local) == (3, 0)
     assert farmed.hosts == {distccd: 3}

@@ -147,12 +147,15 @@ def _farm_phases(settings: Settings, hosts: FarmHosts | None,
     """
     if hosts is None:
         return (), {}, {}
-    from iglubuild.distcc import phase_additions
+    from iglubuild.distcc import phase_additions, queued
 
     launcher, env = phase_additions(hosts, distcc_dir=settings.build_dir / "distcc")
+    # Each volunteer is offered one compile more than it runs: the next one
+    # waits there ready (iglubuild.distcc.queued).
     if net is None:
+        env["DISTCC_HOSTS"] = queued(env["DISTCC_HOSTS"])
         return launcher, env, {}
-    env["DISTCC_HOSTS"] = net.distcc_hosts
+    env["DISTCC_HOSTS"] = queued(net.distcc_hosts)
     return launcher, env, dict(net.aliases)
 
 
@@ -200,7 +203,8 @@ def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | 
     launcher, extra_env, aliases = _farm_phases(settings, hosts, net)
     target = load_target()
     # With the farm, where each package's compiles ran, noted after its phases.
-    compiles = CompileRecorder(aliases) if "DISTCC_HOSTS" in extra_env else None
+    compiles = (CompileRecorder(aliases, [f"{v.address}:{v.port}" for v in hosts.volunteers])
+                if hosts is not None and "DISTCC_HOSTS" in extra_env else None)
 
     def make_builder(ctx: BuildContext) -> Builder:
         from iglubuild.build import Engine
@@ -222,10 +226,17 @@ def _build(settings: Settings, args: argparse.Namespace, names: Sequence[str] | 
                        summary=compiles.summary_lines if compiles is not None else None,
                        farm_shares=compiles.shares if compiles is not None else None)
 
-    code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
-                     names=names, force=args.force, keep_going=args.keep_going,
-                     dry_run=args.dry_run, command=command,
-                     executor=executor.name)
+    try:
+        code = run_build(settings, tree, graph, executor.toolchain_id(), make_builder,
+                         names=names, force=args.force, keep_going=args.keep_going,
+                         dry_run=args.dry_run, command=command,
+                         executor=executor.name)
+    finally:
+        if compiles is not None:  # for `status --json`, also after a failed run
+            try:
+                compiles.save(settings.build_dir)
+            except OSError as exc:
+                say(f"warning: the farm's compile tally was not written: {exc}")
     if not args.dry_run:
         for line in left_out:  # again at the end, beside built/failed/blocked
             say(line)

@@ -57,10 +57,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     shown = [graph.providers[n][0] for n in args.names] if args.names else plan.order
     repo = _repository(settings)
     if args.json:
+        from iglubuild.distcc import last_tally
+
         doc = status_json(plan, shown)
+        farm = last_tally(settings.build_dir) or {}
+        farmed = farm.get("packages")
+        farmed = farmed if isinstance(farmed, dict) else {}
         for item in doc:
             entry = repo.get(str(item["name"]))
             item["repository"] = entry.get("pkgver") if entry else None
+            # Where its compiles ran in the last --farm run, if it was built there.
+            share = farmed.get(str(item["name"]))
+            item["farm"] = ({"run_finished": farm.get("finished"), **share}
+                            if isinstance(share, dict) else None)
         print(json.dumps(doc, indent=2))
     else:
         for line in status_lines(plan, shown):
