@@ -16,8 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -32,7 +30,12 @@ from iglubuild.settings import Settings
 from tests.conftest import DISTFILES, REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from farm_support import DOCKER_DIR, start_dockerd, write_program  # noqa: E402
+from farm_support import (  # noqa: E402
+    DOCKER_DIR,
+    start_dockerd,
+    write_farm_recipes,
+    write_program,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -290,33 +293,11 @@ PROGRAM_FILES = 24  # modules; with main.c, 25 compiles for the farm
 
 @pytest.fixture(scope="module")
 def farm_recipes(tmp_path_factory) -> Path:
-    """The shipped musl recipe (its real URL and sha256; served from the shared
-    distfiles by a file:// mirror) and `farmprog`, a 25-file C program packed as
-    a real tarball beside its recipe."""
+    """The shipped musl recipe and `farmprog`, a 25-file C program (farm_support)."""
     if not (DISTFILES / "musl-1.2.3.tar.gz").is_file():
         pytest.skip(f"shared distfiles not found at {DISTFILES}")
-    base = tmp_path_factory.mktemp("farm-recipes")
-    recipes = base / "recipes"
-    shutil.copytree(REPO_ROOT / "recipes" / "linux" / "musl", recipes / "linux" / "musl")
-    src = write_program(base / "farmprog-1.0", nfiles=PROGRAM_FILES, weight=6)
-    folder = recipes / "test" / "farmprog"
-    folder.mkdir(parents=True)
-    tarball = folder / "farmprog-1.0.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(src, arcname="farmprog-1.0")
-    (folder / "recipe.yaml").write_text(textwrap.dedent(f"""\
-        name: farmprog
-        version: "1.0"
-        description: a multi-file C program whose compiles go to the farm
-        license: MIT
-        sources:
-          - url: file://{tarball}
-        build: |
-          make prog
-        package: |
-          install -Dm755 prog "$pkgdir/usr/bin/farmprog"
-        """))
-    return recipes
+    return write_farm_recipes(tmp_path_factory.mktemp("farm-recipes"),
+                              nfiles=PROGRAM_FILES, weight=6)
 
 
 def _iglubuild(recipes: Path, build: Path, *args: str) -> subprocess.CompletedProcess:
