@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, NoReturn, Protocol
 
 from iglubuild.elf import find_glibc_linked
 from iglubuild.errors import BuildError, FetchError, IglubuildError, UsageError
@@ -193,10 +193,14 @@ def _no_glibc(built: Built) -> None:
     if bad:
         for rel, reason in bad:
             built.note(f"linked against glibc: {rel} ({reason})")
-        built.paths.stamp("package").unlink(missing_ok=True)
-        raise PhaseFailed(built.package, "package", f"{len(bad)} file(s) linked against glibc, "
-                          f"first {bad[0][0]}: {bad[0][1]}", built.paths,
-                          tail_of(built.paths.log))
+        _fail_package(built, f"{len(bad)} file(s) linked against glibc, "
+                             f"first {bad[0][0]}: {bad[0][1]}")
+
+
+def _fail_package(built: Built, message: str) -> NoReturn:
+    """Fail a check of $pkgdir as the package phase: it runs again on the next build."""
+    built.paths.stamp("package").unlink(missing_ok=True)
+    raise PhaseFailed(built.package, "package", message, built.paths, tail_of(built.paths.log))
 
 
 def _drop_libtool_archives(built: Built) -> None:
@@ -255,12 +259,9 @@ def _no_build_paths(built: Built) -> None:
     names = {needles[0]: "sysroot", needles[1]: "work folder"}
     for rel, needle in found:
         built.note(f"names the build's {names[needle]} ({needle.decode()}): {rel}")
-    built.paths.stamp("package").unlink(missing_ok=True)
     rel, needle = found[0]
-    raise PhaseFailed(built.package, "package",
-                      f"{len(found)} file(s) name the build's {names[needle]}, first {rel}; "
-                      f"remove the path in package: (e.g. sed -i \"s|$SYSROOT||g\" FILE)",
-                      built.paths, tail_of(built.paths.log))
+    _fail_package(built, f"{len(found)} file(s) name the build's {names[needle]}, first {rel}; "
+                         f"remove the path in package: (e.g. sed -i \"s|$SYSROOT||g\" FILE)")
 
 
 # Run in this order after every build; callers add their own after these

@@ -563,9 +563,11 @@ def twin_from_artifact(artifact: Path) -> Path:
         epoch = epoch or max((e.mtime for e in entries), default=0)
         twin = write_package(info, entries, artifact.parent, epoch,
                              packaged_with=f"iglubuild {__version__}")
+    digest = integrity.intact_sum(twin)  # from the seal write_package made: no re-hash
     st = artifact.stat()
     os.utime(twin, ns=(st.st_atime_ns, st.st_mtime_ns))
-    integrity.seal_artifact(twin)  # again: the new mtime is part of the seal
+    if digest is not None:
+        integrity.seal(twin, "sha256", digest)  # again: the new mtime is part of the seal
     return twin
 
 
