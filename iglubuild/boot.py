@@ -21,7 +21,10 @@ from `iglubuild.run="..."` (or `iglubuild.runhex=` when it has double quotes)
 on the kernel command line (direct) or takes it typed once it reports its
 shell ready (uefi), powering off when the shell exits. Either way the
 command's output is framed by RUN_BEGIN / RUN_END lines so it can be told
-apart from kernel messages and terminal echo. QEMU is killed
+apart from terminal echo. The kernel prints on the same console: a typed
+command first turns the console's log level down to emergencies (the
+messages stay in dmesg), and whole kernel lines inside the frame are left
+out of the output, for inits that run the command themselves. QEMU is killed
 by PID on every way out. The whole console goes to <build-dir>/logs/boot.log.
 """
 
@@ -62,6 +65,10 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 TAIL_LINES = 40
 _END_RE = re.compile(re.escape(RUN_END) + r" status=(-?\d+)")
+# A kernel message on the console: "[    2.546251] tsc: Refined TSC ...".
+_KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
+# Typed before the command: only KERN_EMERG reaches the console while it runs.
+_QUIET_KERNEL = "{ echo 1 >/proc/sys/kernel/printk; } 2>/dev/null; "
 
 
 class BootTimeout(BuildError):
@@ -279,11 +286,14 @@ def _typed_command(cmd: str, then: str = "exit") -> str:
     the line editor redrawing it) does not look like the markers themselves.
     One line, because a shell redraws a second typed line in the middle of the
     output; `eval` keeps a trailing comment in `cmd` from eating the end marker.
+    The kernel's console messages are turned down first: printk writes straight
+    to the serial line and can land in the middle of a line of the output.
     """
     b1, b2 = RUN_BEGIN[:-3], RUN_BEGIN[-3:]
     e1, e2 = RUN_END[:-3], RUN_END[-3:]
     quoted = "'" + cmd.replace("'", "'\\''") + "'"
-    return f'echo "{b1}""{b2}"; eval {quoted}; echo "{e1}""{e2} status=$?"; {then}\r'
+    return (f'{_QUIET_KERNEL}echo "{b1}""{b2}"; eval {quoted}; '
+            f'echo "{e1}""{e2} status=$?"; {then}\r')
 
 
 def boot(image: Path, log_path: Path, firmware: str = "uefi", timeout: float = 120,
@@ -367,7 +377,8 @@ def _converse(con: _Console, proc: subprocess.Popen[bytes], firmware: str, accel
                 result.status = int(m[1])
                 waiting = "power-off"
             elif output is not None and result.status is None:
-                output.append(line)
+                if not _KERNEL_LINE_RE.match(line):
+                    output.append(line)
         if result is not None:
             result.console = con.lines
         if proc.poll() is not None and not lines:
