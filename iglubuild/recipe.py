@@ -549,7 +549,38 @@ def _parse(path: Path, text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(path), 1, 1, f"invalid YAML: {exc}", None)]
     except RecursionError:
         return None, [Problem(str(path), 1, 1, "YAML nested too deeply", None)]
+    except ValueError:  # a scalar YAML reads as a number that is none, e.g. `-_`
+        return None, [_not_a_number_problem(path, text)]
     return data, []
+
+
+def _not_a_number_problem(path: Path, text: str) -> Problem:
+    """Where ruamel's number constructor gave up: YAML 1.2 reads `-_`, `._` or
+    `0x_` as a number (underscores are digit separators) with no digit in it."""
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    yaml = _fast_yaml()
+    stack: list[Any] = [yaml.compose(text)]
+    found: list[Any] = []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ScalarNode) and str(node.tag).endswith((":int", ":float")):
+            try:
+                yaml.constructor.construct_object(node)
+            except ValueError:
+                found.append(node)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+    line = col = 1
+    value = "a value"
+    if found:
+        first = min(found, key=lambda n: n.start_mark.index)
+        line, col = first.start_mark.line + 1, first.start_mark.column + 1
+        value = repr(first.value)
+    return Problem(str(path), line, col, f"YAML reads {value} as a number, and it is none",
+                   "quote it to keep it a string: '...'")
 
 
 # --- validation --------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from iglubuild.graph import DepGraph
@@ -117,6 +117,9 @@ def test_random_trees_give_valid_order_and_closed_closures(
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=300))
+@example(text="[-_]")  # numbers without a digit, once a ValueError from ruamel
+@example(text="[._]")
+@example(text="v: 0x_")
 def test_arbitrary_text_never_raises(text: str) -> None:
     recipe, problems = parse_recipe_text(Path("x/recipe.yaml"), text)
     assert (recipe is None) == bool(problems)

@@ -41,6 +41,10 @@ CASES: dict[str, tuple[dict[str, str | bytes], str, int, int, str]] = {
                      "base/a/recipe.yaml", 3, 10, "positive integer"),
     "version-float": ({"base/a/recipe.yaml": "name: a\nversion: 1.10\n"},
                       "base/a/recipe.yaml", 2, 10, "version: expected a string, got a number"),
+    # YAML 1.2 reads `-_` as a number (digit separators, no digit); ruamel's
+    # constructor raised ValueError on it (found by test_graph's fuzzing).
+    "number-without-digits": ({"base/a/recipe.yaml": "name: a\nversion: 1\ndeps: [musl, -_]\n"},
+                              "base/a/recipe.yaml", 3, 14, "YAML reads '-_' as a number"),
     "version-space": ({"base/a/recipe.yaml": "name: a\nversion: 1.0 beta\n"},
                       "base/a/recipe.yaml", 2, 10, "invalid version"),
     "version-dash": ({"base/a/recipe.yaml": "name: a\nversion: 1.0-2\n"},
