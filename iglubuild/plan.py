@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # the recipe model and the graph load pydantic and networkx
 
 STATE_FORMAT = 1
 # 2: packages lost their libtool archives and are checked for build paths.
-SIGNATURE_SALT = b"iglubuild-signature-2\0"
+# 3: .xbps members in xbps-create's order.
+SIGNATURE_SALT = b"iglubuild-signature-3\0"
 DEFAULT_ESTIMATE = 1.0  # seconds assumed for a package never built before
 
 

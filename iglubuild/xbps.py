@@ -7,8 +7,9 @@ same files in Python, so the build host (Debian) needs no xbps:
 - `NAME-VERSION_RELEASE.ARCH-musl.xbps`: a zstd-compressed pax tar whose
   first members are `./props.plist` (the package's properties) and
   `./files.plist` (every file, conf file, link and folder), then the files
-  and links under `./`. Folders are listed in files.plist but are not tar
-  members: xbps's unpacker skips folder members, so xbps-create writes none.
+  and links under `./`, last walked first as xbps-create adds them. Folders
+  are listed in files.plist but are not tar members: xbps's unpacker skips
+  folder members, so xbps-create writes none.
 - `ARCH-musl-repodata`: a zstd tar of `index.plist` (each package's
   properties plus `filename-sha256` / `filename-size`) and
   `index-meta.plist` (the signing public key, or the bytes `DEADBEEF` when
@@ -241,11 +242,18 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
             groups["links"].append(item)
         else:
             groups["dirs"].append(item)
-    # xbps-create walks the tree with scandir(alphasort): each folder's entries in
-    # order, a folder before what it holds, so `lzma/base.h` comes before `lzma.h`
-    # ('/' sorts after '.' in a plain string sort, not here).
-    return {k: sorted(v, key=lambda item: item["file"].split("/"))
+    return {k: sorted(v, key=lambda item: _walk_key(item["file"]))
             for k, v in groups.items() if v}
+
+
+def _walk_key(path: str) -> list[str]:
+    """Where `path` comes in xbps-create's walk of the package's folder.
+
+    It walks with scandir(alphasort): each folder's entries in order, a folder
+    before what it holds, so `lzma/base.h` comes before `lzma.h` ('/' sorts
+    after '.' in a plain string sort, not here).
+    """
+    return path.split("/")
 
 
 def link_target(path: str, target: str) -> str:
@@ -319,7 +327,9 @@ def write_package(info: Info, entries: Sequence[Entry], out_dir: Path, epoch: in
     def fill(tar: tarfile.TarFile) -> None:
         _add_bytes(tar, "./props.plist", props_xml, epoch)
         _add_bytes(tar, "./files.plist", files_xml, epoch)
-        for e in entries:
+        # xbps-create lists files.plist from the end of its walk's list and
+        # writes the members from its head: the last walked comes first.
+        for e in sorted(entries, key=lambda e: _walk_key(e.path), reverse=True):
             if e.kind == "dir":
                 continue  # listed in files.plist; xbps skips folder members
             ti = _tarinfo(f"./{e.path}", e.mode, e.mtime)

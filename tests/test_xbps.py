@@ -113,9 +113,11 @@ def test_package_name_members_and_props(tmp_path: Path) -> None:
     names = [m.name for m in members(main)]
     assert names[:2] == ["./props.plist", "./files.plist"]
     # Folders are in files.plist only: xbps's unpacker skips folder members.
-    assert names[2:] == ["./etc/z.conf", "./usr/bin/zt", "./usr/bin/ztool",
-                         "./usr/share/iglupkg/zlib", "./usr/share/zlib.txt",
-                         "./usr/share/zlib/README"]
+    # The rest as xbps-create adds them: its walk (a folder's contents before
+    # the parent's next name), last walked first.
+    assert names[2:] == ["./usr/share/zlib.txt", "./usr/share/zlib/README",
+                         "./usr/share/iglupkg/zlib", "./usr/bin/ztool", "./usr/bin/zt",
+                         "./etc/z.conf"]
     assert all(m.uid == 0 and m.uname == "root" and m.mtime <= EPOCH for m in members(main))
     props = read_plist_member(main, "props.plist")
     assert props["pkgver"] == "zlib-1.3.2_2" and props["version"] == "1.3.2_2"
@@ -253,6 +255,8 @@ def test_our_plists_are_what_xbps_create_writes(xbps: XbpsTools, tmp_path: Path)
     real_props = read_plist_member(theirs, "props.plist")
     assert {k: v for k, v in props.items() if k != "packaged-with"} == real_props
     assert files == read_plist_member(theirs, "files.plist")
+    # The members too, in xbps-create's order (the last walked first).
+    assert [m.name for m in members(ours)] == [m.name for m in members(theirs)]
 
 
 def test_repository_updates_and_drops_stale_entries(xbps: XbpsTools, tmp_path: Path) -> None:
