@@ -465,6 +465,62 @@ def test_cli_farm_phase_reaches_the_volunteers_and_nothing_else(running_farm, to
             _untag(ident, toolchain_image)
 
 
+@pytest.fixture(scope="module")
+def sandboxed_build(toolchain_image, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Recipes (the shipped musl and mksh) and one build dir for the chroot and
+    docker executors: their toolchain ids agree, so musl is built once."""
+    from tests.test_docker_executor import _project_build_dir, _untag
+
+    base = tmp_path_factory.mktemp("sandboxed")
+    recipes = base / "recipes"
+    for name in ("musl", "mksh"):
+        (shipped,) = (REPO_ROOT / "recipes").glob(f"*/{name}/recipe.yaml")
+        shutil.copytree(shipped.parent, recipes / shipped.parent.parent.name / name)
+    build = base / "build"
+    ident = _project_build_dir(build, toolchain_image)
+    yield recipes, build
+    _untag(ident, toolchain_image)
+
+
+@pytest.mark.parametrize("executor", ["chroot", "docker"])
+def test_cli_farm_builds_real_packages_in_the_sandboxed_executors(running_farm, sandboxed_build,
+                                                                  executor):
+    """`--executor chroot|docker --farm`: the shipped musl, then mksh with its
+    compiles on the volunteers (their own counters), the same bytes as mksh
+    built without the farm by the same executor.
+
+    musl is built without the farm (its ~1,360 compiles would cost minutes
+    through two loopback volunteers on 2 cores); mksh's Build.sh compiles each
+    source with $CC -c, which is what distcc sends out.
+    """
+    import docker
+
+    given = os.environ.get("IGLUBUILD_TEST_BUILDROOT")
+    if executor == "chroot" and not (given and (Path(given) / "bin" / "sh").exists()):
+        pytest.skip("needs IGLUBUILD_TEST_BUILDROOT (a build root)")
+    recipes, build = sandboxed_build
+    alone = _iglubuild(recipes, build, "--executor", executor, "pkg", "mksh", "--force", "mksh")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    (artifact,) = (build / "packages" / "x86_64").glob("mksh-R59c-r1.*.tar.zst")
+    local_bytes = artifact.read_bytes()
+
+    volunteers = farm.wait_for_volunteers(docker.from_env(), 2, 60)
+    before = _compiles(volunteers)
+    farmed = _iglubuild(recipes, build, "--executor", executor, "--farm", "pkg", "mksh",
+                        "--force", "mksh")
+    after = _compiles(volunteers)
+    assert farmed.returncode == 0, farmed.stderr[-3000:]
+    assert "built 1, up to date 1, failed 0" in farmed.stderr
+    (line,) = FARM_LINE.findall(farmed.stderr)
+    remote, total, used, local = map(int, line)
+    print(f"{executor}: mksh {remote} of {total} compiles remote on {used}, {local} local")
+    # lksh and mksh: 16 sources each, compiled one by one.
+    assert remote >= 20 and used == 2, farmed.stderr[-2000:]
+    served = {slot: after[slot] - before[slot] for slot in after}
+    assert sum(served.values()) == remote + len(volunteers), (served, line)
+    assert artifact.read_bytes() == local_bytes
+
+
 def test_killing_a_volunteer_mid_build_still_finishes(running_farm, settings, program,
                                                      local_build, tmp_path):
     import docker
