@@ -32,6 +32,7 @@ import json
 import os
 import plistlib
 import posixpath
+import re
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -226,6 +227,7 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
     conf = {b.strip("/") for b in info.backup}
     groups: dict[str, list[dict[str, Any]]] = {"files": [], "conf_files": [], "links": [],
                                                "dirs": []}
+    tree = {e.path: e for e in entries}
     for e in entries:
         item: dict[str, Any] = {"file": _abs(e.path)}
         if e.kind == "file":
@@ -236,7 +238,7 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
                 item["size"] = e.size
             groups["conf_files" if e.path in conf else "files"].append(item)
         elif e.kind == "symlink":
-            item["target"] = link_target(e.path, e.target)
+            item["target"] = link_target(e.path, e.target, tree)
             if e.mtime:
                 item["mtime"] = e.mtime
             groups["links"].append(item)
@@ -256,18 +258,64 @@ def _walk_key(path: str) -> list[str]:
     return path.split("/")
 
 
-def link_target(path: str, target: str) -> str:
+def link_target(path: str, target: str, tree: Mapping[str, Entry]) -> str:
     """A symlink's `target` in files.plist, spelled as xbps-create spells it.
 
     A plain relative link (`libz.so -> libz.so.1`) becomes the absolute path
-    it names; an absolute one stays. One with `./` or `../` in it stays as
-    written: xbps-create resolves such a link with realpath() inside the
-    package, which depends on what else is installed, and xbps-pkgdb compares
-    a relative target with readlink() unchanged, so as written is exact.
+    it names; an absolute one stays. One with `./` or `../` in it is what
+    realpath() finds inside the package folder (`/sbin/acpid -> ../bin/busybox`
+    is `/bin/busybox`), and stays as written where realpath() would fail (a
+    target another package provides). Where xbps-create's realpath() would
+    leave the package (an absolute link on the way, or `..` above the root),
+    its answer depends on the build host; the target stays as written then,
+    which xbps-pkgdb also accepts (it compares a relative target with readlink()).
     """
-    if target.startswith("/") or "./" in target:
-        return target
-    return posixpath.normpath(posixpath.join(posixpath.dirname(_abs(path)), target))
+    if target.startswith("/"):
+        return _squeeze_slashes(target)
+    if "./" in target:
+        real = _realpath_in_package(path, tree)
+        return real if real is not None else _squeeze_slashes(target)
+    return _squeeze_slashes(posixpath.join(posixpath.dirname(_abs(path)), target))
+
+
+def _squeeze_slashes(path: str) -> str:
+    """xbps_sanitize_path(): repeated slashes become one, nothing else changes."""
+    return re.sub("/{2,}", "/", path)
+
+
+def _realpath_in_package(path: str, tree: Mapping[str, Entry]) -> str | None:
+    """realpath() of `path` with the package's folder as the root, or None.
+
+    None where realpath() would fail (a missing part, a file used as a folder,
+    a loop) or would leave the package (see link_target).
+    """
+    parents = {posixpath.dirname(p) for p in tree}
+    todo = list(reversed(path.split("/")))
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        here = "/".join([*done, part])
+        entry = tree.get(here)
+        if entry is not None and entry.kind == "symlink":
+            hops += 1
+            if hops > 40 or entry.target.startswith("/"):  # 40: Linux's MAXSYMLINKS
+                return None
+            todo.extend(reversed(entry.target.split("/")))
+            continue
+        if entry is None and here not in parents:
+            return None
+        if entry is not None and entry.kind == "file" and todo:
+            return None
+        done.append(part)
+    return "/" + "/".join(done)
 
 
 def _plist(doc: Mapping[str, Any]) -> bytes:

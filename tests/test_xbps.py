@@ -227,36 +227,73 @@ def test_our_index_is_what_xbps_rindex_writes(xbps: XbpsTools, tmp_path: Path) -
     assert "pkgver: zlib-dev-1.3.2_2" in q.stdout and "run_depends:\n\tzlib>=1.3.2_2" in q.stdout
 
 
-def test_our_plists_are_what_xbps_create_writes(xbps: XbpsTools, tmp_path: Path) -> None:
-    """The real xbps-create, given our package's files and the same options, agrees."""
-    out = packed(tmp_path)
-    ours = out / "zlib-1.3.2_2.x86_64-musl.xbps"
+def remade_by_xbps_create(xbps: XbpsTools, ours: Path, work: Path) -> Path:
+    """The real xbps-create's package from our package's files and properties."""
     props = read_plist_member(ours, "props.plist")
     files = read_plist_member(ours, "files.plist")
-    dest = tmp_path / "dest"
+    dest = work / "dest"
     with ours.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr:
         with tarfile.open(fileobj=zr, mode="r|") as tar:
             tar.extractall(dest, filter="tar")
     for name in ("props.plist", "files.plist"):
         (dest / name).unlink()
-    for d in files["dirs"]:
+    for d in files.get("dirs", []):
         (dest / d["file"].lstrip("/")).mkdir(parents=True, exist_ok=True)
-    for link in files["links"]:
+    for link in files.get("links", []):
         os.utime(dest / link["file"].lstrip("/"), (EPOCH, EPOCH), follow_symlinks=False)
-    made = tmp_path / "made"
+    made = work / "made"
     made.mkdir()
-    subprocess.run([xbps.bin("xbps-create"), "-q", "-A", props["architecture"],
-                    "-n", props["pkgver"], "-s", props["short_desc"], "-l", props["license"],
-                    "-H", props["homepage"], "-D", " ".join(props["run_depends"]),
-                    "-F", " ".join(props["conf_files"]), dest],
-                   cwd=made, check=True, env={"PATH": "/usr/bin:/bin"})
+    argv = [str(xbps.bin("xbps-create")), "-q", "-A", props["architecture"],
+            "-n", props["pkgver"], "-s", props["short_desc"], "-l", props["license"],
+            "-H", props["homepage"], "-D", " ".join(props["run_depends"])]
+    if "conf_files" in props:
+        argv += ["-F", " ".join(props["conf_files"])]
+    subprocess.run([*argv, dest], cwd=made, check=True, env={"PATH": "/usr/bin:/bin"})
     theirs = made / ours.name
     assert theirs.is_file()
-    real_props = read_plist_member(theirs, "props.plist")
-    assert {k: v for k, v in props.items() if k != "packaged-with"} == real_props
-    assert files == read_plist_member(theirs, "files.plist")
+    return theirs
+
+
+def test_our_plists_are_what_xbps_create_writes(xbps: XbpsTools, tmp_path: Path) -> None:
+    """The real xbps-create, given our package's files and the same options, agrees."""
+    ours = packed(tmp_path) / "zlib-1.3.2_2.x86_64-musl.xbps"
+    theirs = remade_by_xbps_create(xbps, ours, tmp_path)
+    props = read_plist_member(ours, "props.plist")
+    assert {k: v for k, v in props.items() if k != "packaged-with"} == \
+        read_plist_member(theirs, "props.plist")
+    assert read_plist_member(ours, "files.plist") == read_plist_member(theirs, "files.plist")
     # The members too, in xbps-create's order (the last walked first).
     assert [m.name for m in members(ours)] == [m.name for m in members(theirs)]
+
+
+def test_dotdot_links_are_what_xbps_create_resolves(xbps: XbpsTools, tmp_path: Path) -> None:
+    """A `../` link's target is realpath() inside the package, as xbps-create has it."""
+    root = tmp_path / "pkg"
+    for rel in ("bin/busybox", "usr/share/terminfo/a/adm", "usr/bin/clang-14"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    links = {
+        "sbin/acpid": "../bin/busybox",                 # Iglunix's busybox applets
+        "usr/lib/terminfo": "../share/terminfo",        # a folder
+        "usr/share/terminfo/1/x": "../a/adm",           # ncurses' terminfo aliases
+        "usr/bin/cc": "./clang",                        # a chain: the last link's file
+        "usr/bin/clang": "clang-14",
+        "usr/lib/t2": "../lib/terminfo/1/x",            # through a link to a folder
+        "usr/lib/libgone.so": "../../lib/libgone.so.1",  # another package's file
+        "usr/lib/loop": "./loop",                       # realpath() fails: as written
+    }
+    for rel, target in links.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(target)
+    pack_all(root, info(backup=()), {}, tmp_path / "out", epoch=EPOCH)
+    ours = tmp_path / "out" / "zlib-1.3.2_2.x86_64-musl.xbps"
+    theirs = remade_by_xbps_create(xbps, ours, tmp_path)
+    mine = {e["file"]: e["target"] for e in read_plist_member(ours, "files.plist")["links"]}
+    assert mine == {e["file"]: e["target"]
+                    for e in read_plist_member(theirs, "files.plist")["links"]}
+    assert mine["/sbin/acpid"] == "/bin/busybox" and mine["/usr/bin/cc"] == "/usr/bin/clang-14"
+    assert mine["/usr/lib/t2"] == "/usr/share/terminfo/a/adm"
+    assert mine["/usr/lib/libgone.so"] == "../../lib/libgone.so.1"
 
 
 def test_repository_updates_and_drops_stale_entries(xbps: XbpsTools, tmp_path: Path) -> None:
