@@ -25,7 +25,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,46 @@ _ARCHIVE_SUFFIXES: tuple[tuple[str, str], ...] = (
 )
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
+
+
+def follow_links(start: str, target: str, links: Mapping[str, str],
+                 is_folder: Callable[[str], bool | None] | None = None) -> str | None:
+    """Where `target`, seen from folder `start`, leads in a tree whose symlinks
+    are `links` (path -> target, relative to the tree's top): each link on the
+    way is followed as the kernel follows it. None if it leaves the tree, meets
+    an absolute link (which would name the host's files) or loops (40 links,
+    Linux's MAXSYMLINKS).
+
+    With `is_folder` (True: a folder, False: another file, None: missing),
+    it fails as realpath() does, too: None at a missing part, or at a file
+    with more of the path after it.
+    """
+    resolved = [p for p in start.split("/") if p]
+    pending = target.split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        resolved.append(part)
+        here = "/".join(resolved)
+        link = links.get(here)
+        if link is not None:
+            hops += 1
+            if hops > 40 or link.startswith("/"):
+                return None
+            resolved.pop()
+            pending = link.split("/") + pending
+        elif is_folder is not None:
+            kind = is_folder(here)
+            if kind is None or (kind is False and pending):
+                return None
+    return "/".join(resolved)
 
 class UnpackError(BuildError):
     """An archive is unsafe or unreadable; nothing of it was kept."""
@@ -145,27 +185,7 @@ class _Checker:
         exist: each link on the way is followed as the file system will, so
         `a -> .` then `x -> a/..` is outside although `a/..` reads as `.`.
         None if it leaves the folder (or loops)."""
-        resolved = [p for p in start.split("/") if p]
-        pending = target.split("/")
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not resolved:
-                    return None
-                resolved.pop()
-                continue
-            resolved.append(part)
-            link = self.links.get("/".join(resolved))
-            if link is not None:
-                hops += 1
-                if hops > 40 or link.startswith("/"):
-                    return None
-                resolved.pop()
-                pending = link.split("/") + pending
-        return "/".join(resolved)
+        return follow_links(start, target, self.links)
 
     def finish(self) -> None:
         """Check every link again against all of the archive's links: a link that

@@ -47,6 +47,7 @@ from iglubuild.atomic import write_atomic
 from iglubuild.elf import read_elf
 from iglubuild.errors import BuildError
 from iglubuild.run import base_env, require_tool, run
+from iglubuild.unpack import follow_links
 
 XBPS_SUFFIX = ".xbps"
 SIG_SUFFIX = ".sig2"
@@ -227,7 +228,7 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
     conf = {b.strip("/") for b in info.backup}
     groups: dict[str, list[dict[str, Any]]] = {"files": [], "conf_files": [], "links": [],
                                                "dirs": []}
-    tree = {e.path: e for e in entries}
+    realpath = _realpath_in_package({e.path: e for e in entries})
     for e in entries:
         item: dict[str, Any] = {"file": _abs(e.path)}
         if e.kind == "file":
@@ -238,7 +239,7 @@ def files_plist(info: Info, entries: Sequence[Entry]) -> dict[str, Any]:
                 item["size"] = e.size
             groups["conf_files" if e.path in conf else "files"].append(item)
         elif e.kind == "symlink":
-            item["target"] = link_target(e.path, e.target, tree)
+            item["target"] = link_target(e.path, e.target, realpath)
             if e.mtime:
                 item["mtime"] = e.mtime
             groups["links"].append(item)
@@ -258,7 +259,7 @@ def _walk_key(path: str) -> list[str]:
     return path.split("/")
 
 
-def link_target(path: str, target: str, tree: Mapping[str, Entry]) -> str:
+def link_target(path: str, target: str, realpath: Callable[[str], str | None]) -> str:
     """A symlink's `target` in files.plist, spelled as xbps-create spells it.
 
     A plain relative link (`libz.so -> libz.so.1`) becomes the absolute path
@@ -273,7 +274,7 @@ def link_target(path: str, target: str, tree: Mapping[str, Entry]) -> str:
     if target.startswith("/"):
         return _squeeze_slashes(target)
     if "./" in target:
-        real = _realpath_in_package(path, tree)
+        real = realpath(path)
         return real if real is not None else _squeeze_slashes(target)
     return _squeeze_slashes(posixpath.join(posixpath.dirname(_abs(path)), target))
 
@@ -283,39 +284,27 @@ def _squeeze_slashes(path: str) -> str:
     return re.sub("/{2,}", "/", path)
 
 
-def _realpath_in_package(path: str, tree: Mapping[str, Entry]) -> str | None:
-    """realpath() of `path` with the package's folder as the root, or None.
+def _realpath_in_package(tree: Mapping[str, Entry]) -> Callable[[str], str | None]:
+    """realpath() with the package's folder as the root: a path's answer, or None.
 
     None where realpath() would fail (a missing part, a file used as a folder,
-    a loop) or would leave the package (see link_target).
+    a loop) or would leave the package (see link_target). The package's links
+    and folders are gathered once, for all of its links.
     """
+    links = {p: e.target for p, e in tree.items() if e.kind == "symlink"}
     parents = {posixpath.dirname(p) for p in tree}
-    todo = list(reversed(path.split("/")))
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not done:
-                return None
-            done.pop()
-            continue
-        here = "/".join([*done, part])
-        entry = tree.get(here)
-        if entry is not None and entry.kind == "symlink":
-            hops += 1
-            if hops > 40 or entry.target.startswith("/"):  # 40: Linux's MAXSYMLINKS
-                return None
-            todo.extend(reversed(entry.target.split("/")))
-            continue
-        if entry is None and here not in parents:
-            return None
-        if entry is not None and entry.kind == "file" and todo:
-            return None
-        done.append(part)
-    return "/" + "/".join(done)
+
+    def is_folder(rel: str) -> bool | None:
+        entry = tree.get(rel)
+        if entry is None:
+            return True if rel in parents else None
+        return entry.kind == "dir"
+
+    def realpath(path: str) -> str | None:
+        real = follow_links("", path, links, is_folder)
+        return None if real is None else "/" + real
+
+    return realpath
 
 
 def _plist(doc: Mapping[str, Any]) -> bytes:
